@@ -1,0 +1,15 @@
+"""fastv2v: fast video-to-video translation from a per-frame image-to-image teacher."""
+
+__version__ = "0.1.0"
+
+from fastv2v.errors import UserError  # noqa: E402
+
+__all__ = ["UserError", "__version__", "load_generator"]
+
+
+def __getattr__(name):  # lazy: keep `import fastv2v` cheap for the CLI's --help
+    if name == "load_generator":
+        from fastv2v.generators import load_generator
+
+        return load_generator
+    raise AttributeError(name)

@@ -1,0 +1,22 @@
+"""Teacher generators: build by name, save and load (upstream ``.pth`` or fastv2v ``.safetensors``)."""
+
+from fastv2v.generators.base import SplitGenerator
+from fastv2v.generators.loading import (
+    build_generator,
+    infer_config,
+    load_generator,
+    save_generator,
+    upstream_state_dict,
+)
+from fastv2v.generators.resnet import GlobalGenerator, ResnetGenerator
+
+__all__ = [
+    "GlobalGenerator",
+    "ResnetGenerator",
+    "SplitGenerator",
+    "build_generator",
+    "infer_config",
+    "load_generator",
+    "save_generator",
+    "upstream_state_dict",
+]
