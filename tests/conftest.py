@@ -1,0 +1,105 @@
+"""Shared test fixtures: tiny videos and frame folders made at test time (no files checked in).
+
+``make_video`` writes with PyAV directly, not through fastv2v's writer, so reader tests do not
+depend on the code they check.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def synthetic_frame(index: int, size: tuple[int, int] = (32, 48)) -> np.ndarray:
+    """A smooth RGB frame that moves with ``index`` (gradients compress well and decode stably)."""
+    h, w = size
+    y, x = np.mgrid[0:h, 0:w]
+    r = (x * 160 // max(w - 1, 1) + 5 * index) % 256
+    g = (y * 160 // max(h - 1, 1) + 3 * index) % 256
+    b = np.full_like(x, (40 * index) % 256)
+    return np.stack([r, g, b], axis=-1).astype(np.uint8)
+
+
+@pytest.fixture
+def make_video(tmp_path):
+    """Factory: ``make_video(path=None, frames=8, size=(32, 48), fps=30000/1001, audio=False)``.
+
+    Writes H.264 frames from :func:`synthetic_frame` (sizes must be even) and, with
+    ``audio=True``, a 440 Hz tone as long as the video (AAC, or ``audio_codec``). ``faststart``
+    puts the mp4 index first, as most web videos have it, so that a truncated copy still opens;
+    ``noise`` adds that much random noise so that a byte cut lands mid-video, not mid-keyframe.
+    Returns the path.
+    """
+
+    def make(
+        path: str | Path | None = None,
+        frames: int = 8,
+        size: tuple[int, int] = (32, 48),
+        fps: Fraction = Fraction(30000, 1001),
+        audio: bool = False,
+        audio_codec: str = "aac",
+        faststart: bool = True,
+        noise: int = 0,
+    ) -> Path:
+        path = Path(path) if path is not None else tmp_path / "input.mp4"
+        if not path.is_absolute():
+            path = tmp_path / path
+        fps = Fraction(fps)
+        rng = np.random.default_rng(0)
+        options = {"movflags": "+faststart"} if faststart and path.suffix in (".mp4", ".mov") else {}
+        with av.open(str(path), mode="w", options=options) as container:
+            video = container.add_stream("libx264", rate=fps)
+            video.height, video.width = size
+            video.pix_fmt = "yuv420p"
+            video.options = {"crf": "18"}
+            video.time_base = 1 / fps
+            video.codec_context.time_base = 1 / fps
+            if audio:
+                sound = container.add_stream(audio_codec, rate=48000)
+                sound.layout = "mono"
+            for i in range(frames):
+                rgb = synthetic_frame(i, size)
+                if noise:  # incompressible detail: every frame then takes a similar share of bytes
+                    rgb = np.clip(rgb + rng.integers(-noise, noise + 1, rgb.shape), 0, 255).astype(np.uint8)
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                frame.pts, frame.time_base = i, 1 / fps
+                container.mux(video.encode(frame))
+            container.mux(video.encode(None))
+            if audio:
+                n = int(48000 * frames / fps)
+                tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / 48000)).astype(np.float32)
+                layout_fmt = "s16" if audio_codec.startswith("pcm_s16") else "fltp"
+                data = (tone * 32767).astype(np.int16) if layout_fmt == "s16" else tone
+                chunk = 1024
+                for start in range(0, n, chunk):
+                    piece = data[None, start : start + chunk]
+                    af = av.AudioFrame.from_ndarray(np.ascontiguousarray(piece), format=layout_fmt, layout="mono")
+                    af.sample_rate, af.pts, af.time_base = 48000, start, Fraction(1, 48000)
+                    container.mux(sound.encode(af))
+                container.mux(sound.encode(None))
+        return path
+
+    return make
+
+
+@pytest.fixture
+def make_image_folder(tmp_path):
+    """Factory: ``make_image_folder(names, size=(32, 48), folder=None)`` writes RGB PNG frames.
+
+    Frame ``k`` of the sorted-by-intent list ``names`` holds ``synthetic_frame(k)``, so a test
+    can check the order frames come back in. Returns the folder.
+    """
+
+    def make(names, size=(32, 48), folder=None) -> Path:
+        folder = Path(folder) if folder is not None else tmp_path / "frames"
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, name in enumerate(names):
+            Image.fromarray(synthetic_frame(k, size)).save(folder / name)
+        return folder
+
+    return make
