@@ -101,6 +101,63 @@ class TeacherRunner:
         return self.generator(x), state
 
 
+@dataclass
+class StreamStats:
+    frames: int = 0
+    seconds_model: float = 0.0
+
+
+def run_stream(
+    generator: SplitGenerator,
+    frames: Iterable[np.ndarray],
+    sink: Callable[[np.ndarray, np.ndarray], None],
+    *,
+    runner: Callable | None = None,
+    device: torch.device | str = "cpu",
+    dtype: str = "fp32",
+    batch: int = 1,
+    source: str = "the input",
+    total: int | None = None,
+    progress: bool = True,
+) -> StreamStats:
+    """Run ``frames`` (model-size uint8 frames or label maps) through a method into ``sink``.
+
+    ``sink(input_frame, output_frame)`` is called in order from a background thread. The
+    method's per-video state is created here and passed explicitly, never kept on a module.
+    Returns how many frames ran and the model-only seconds (encode_input -> decode_output).
+    """
+    from tqdm import tqdm
+
+    if batch < 1:
+        raise UserError(f"--batch must be at least 1, not {batch}.")
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    runner = runner or TeacherRunner(generator)
+    labels = generator.input_kind == "labels"
+    stats = StreamStats()
+    state = runner.init_state()
+    bar = tqdm(total=total, unit="frame", desc="translate", disable=not progress, file=sys.stderr)
+    background = BackgroundWriter(lambda pair: sink(*pair), depth=2 * batch + 2)
+    try:
+        for chunk in batched(prefetch(frames, depth=2 * batch + 2), batch):
+            if labels:
+                for i, frame in enumerate(chunk):
+                    check_labels(frame, generator.label_nc, source, stats.frames + i)
+            tick = time.perf_counter()
+            with torch.inference_mode(), autocast(dev, dtype):
+                x = generator.encode_input(torch.from_numpy(np.stack(chunk)))
+                y, state = runner(x, state)
+                out = generator.decode_output(y).cpu().numpy()
+            stats.seconds_model += time.perf_counter() - tick
+            for frame, result in zip(chunk, out):
+                background.submit((frame, result))
+            stats.frames += len(chunk)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        background.close()
+    return stats
+
+
 def translate(
     generator: SplitGenerator,
     source: str | Path,
@@ -116,55 +173,31 @@ def translate(
 ) -> TranslateReport:
     """Translate a video, image folder or image ``source`` into ``output`` (mp4, folder or image).
 
-    ``runner(x, state) -> (y, state)`` is the method (default: the teacher on every frame);
-    its per-video state is created here and passed explicitly, never kept on the module.
+    ``runner(x, state) -> (y, state)`` is the method (default: the teacher on every frame).
     """
-    from tqdm import tqdm
-
     from fastv2v.data.resize import Resizer
     from fastv2v.data.video import open_frames, open_writer
 
-    if batch < 1:
-        raise UserError(f"--batch must be at least 1, not {batch}.")
     dev = resolve_device(device)
     generator = generator.to(dev).eval()
-    runner = runner or TeacherRunner(generator)
-    labels = generator.input_kind == "labels"
     source, output = str(source), str(output)
-
-    with open_frames(source, labels=labels) as frames:
+    start = time.perf_counter()  # end to end: opening, decoding, model, encoding, muxing, renaming
+    with open_frames(source, labels=generator.input_kind == "labels") as frames:
         info = frames.info
         resizer = Resizer((info.height, info.width), size=size, mode=resize_mode, multiple=generator.size_multiple)
-        model_hw = resizer.model_size
-        generator.check_size(*model_hw, source=f"{source} (at model size)")
-        audio = source if getattr(info, "has_audio", False) else None
+        generator.check_size(*resizer.model_size, source=f"{source} (at model size)")
+        audio = source if info.has_audio else None
         with open_writer(output, fps=info.fps, audio_from=audio) as writer:
-            done, model_seconds = 0, 0.0
-            state = runner.init_state()
-            bar = tqdm(total=info.frames, unit="frame", desc="translate", disable=not progress, file=sys.stderr)
-            background = BackgroundWriter(writer.write, depth=2 * batch + 2)
-            start = time.perf_counter()
-            try:
-                for chunk in batched(prefetch((resizer.to_model(f) for f in frames), depth=2 * batch + 2), batch):
-                    if labels:
-                        for i, frame in enumerate(chunk):
-                            check_labels(frame, generator.label_nc, source, done + i)
-                    tick = time.perf_counter()
-                    with torch.inference_mode(), autocast(dev, dtype):
-                        x = generator.encode_input(torch.from_numpy(np.stack(chunk)))
-                        y, state = runner(x, state)
-                        out = generator.decode_output(y).cpu().numpy()
-                    model_seconds += time.perf_counter() - tick
-                    for frame in out:
-                        background.submit(resizer.from_model(frame))
-                    done += len(chunk)
-                    bar.update(len(chunk))
-            finally:
-                bar.close()
-                background.close()
-            total = time.perf_counter() - start
-        lost = int(getattr(frames, "frames_lost", 0) or 0)
+            stats = run_stream(
+                generator, (resizer.to_model(f) for f in frames),
+                lambda _, result: writer.write(resizer.from_model(result)),
+                runner=runner, device=dev, dtype=dtype, batch=batch, source=source, total=info.frames,
+                progress=progress,
+            )  # fmt: skip
+        total = time.perf_counter() - start
+        lost = frames.frames_lost
     return TranslateReport(
-        source=source, output=output, frames=done, frames_lost=lost, seconds_total=total,
-        seconds_model=model_seconds, input_size=(info.height, info.width), model_size=model_hw, fps=info.fps,
+        source=source, output=output, frames=stats.frames, frames_lost=lost, seconds_total=total,
+        seconds_model=stats.seconds_model, input_size=(info.height, info.width), model_size=resizer.model_size,
+        fps=info.fps,
     )  # fmt: skip
