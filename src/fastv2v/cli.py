@@ -113,6 +113,16 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_edges(args: argparse.Namespace) -> int:
+    from fastv2v.data.edges import EdgeParams, prepare_edges
+
+    params = EdgeParams(sigma=args.sigma, low=args.low, high=args.high, auto=args.auto)
+    count = prepare_edges(args.input, args.output, size=args.size, resize_mode=args.resize, params=params,
+                          paired_out=args.frames_out, progress=not args.quiet)  # fmt: skip
+    print(f"wrote {count} edge maps to {args.output}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fastv2v.demo import run_demo
 
@@ -142,6 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_runtime_options(p)
     p.set_defaults(func=cmd_translate)
+
+    prepare = sub.add_parser("prepare", help="preprocess raw videos into model inputs").add_subparsers(
+        dest="what", required=True
+    )
+    p = prepare.add_parser("edges", help="edge maps (Canny) of a video, the input of the edges task")
+    p.add_argument("input", help="a raw video, image folder or image")
+    p.add_argument("output", help="edge video (.mp4/.mkv, lossless so maps stay binary) or a folder of PNGs")
+    p.add_argument("--size", type=_size, default=None, metavar="HxW", help="resize first (the model's size)")
+    p.add_argument("--resize", default="crop", choices=["pad", "crop", "stretch"], help="aspect policy (default crop)")
+    p.add_argument("--frames-out", default=None, help="also write the resized RGB frames here (training targets)")
+    p.add_argument("--sigma", type=float, default=1.0, help="Gaussian blur before Canny (default 1.0)")
+    p.add_argument("--low", type=float, default=50.0, help="Canny low threshold (default 50)")
+    p.add_argument("--high", type=float, default=100.0, help="Canny high threshold (default 100)")
+    p.add_argument("--auto", action="store_true", help="thresholds from the first frame's median, frozen per clip")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_prepare_edges)
 
     train = sub.add_parser("train", help="train models (teacher)").add_subparsers(dest="what", required=True)
     p = train.add_parser("teacher", help="train a pix2pix/pix2pixHD-style teacher on a task")
