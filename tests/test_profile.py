@@ -133,3 +133,15 @@ def test_format_macs():
     assert format_macs(1_500_000) == "1.50 M"
     assert format_macs(12) == "12"
     assert isinstance(Profile(1, 2, 3), Profile) and Profile(1, 2, 3).params_m == 1e-6
+
+
+def test_counts_inside_inference_mode():
+    import torch
+
+    from fastv2v.generators.resnet import ResnetGenerator
+    from fastv2v.metrics.profile import profile
+
+    g = ResnetGenerator(ngf=4, n_blocks=1)
+    expected = profile(g, torch.randn(1, 3, 16, 16)).macs_exact
+    with torch.inference_mode():
+        assert profile(g, torch.randn(1, 3, 16, 16)).macs_exact == expected > 0

@@ -123,6 +123,37 @@ def cmd_prepare_edges(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fastv2v.bench import markdown, run_bench, write_report
+
+    report = run_bench(
+        args.model, args.input, methods=args.methods, intervals=args.intervals, dtype=args.dtype, size=args.size,
+        frames=args.frames, device=args.device, threads=args.threads, e2e=not args.no_e2e, repeats=args.repeats,
+        progress=not args.quiet,
+    )  # fmt: skip
+    report["command"] = _bench_command(args)
+    paths = write_report(report, args.out)
+    print(markdown(report))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _bench_command(args: argparse.Namespace) -> str:
+    """The run as one explicit command line (every setting spelled out), for the report."""
+    import shlex
+
+    parts = ["fastv2v", "bench"] + [x for m in args.model or [] for x in ("--model", str(m))]
+    parts += ["--input", args.input, "--methods", args.methods, "--intervals", args.intervals, "--dtype", args.dtype]
+    if args.size:
+        parts += ["--size", f"{args.size[0]}x{args.size[1]}"]
+    if args.frames is not None:
+        parts += ["--frames", str(args.frames)]
+    parts += ["--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
+    parts += ["--repeats", str(args.repeats)] if args.repeats != 1 else []
+    parts += (["--no-e2e"] if args.no_e2e else []) + ["--out", str(args.out)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fastv2v.demo import run_demo
 
@@ -210,6 +241,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-nc", type=int, default=3, help="output channels of a fresh --arch (default 3)")
     p.add_argument("--label-nc", type=int, default=0, help="label classes of a fresh label-map --arch")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("bench", help="benchmark methods against the teacher: MACs, speed (model and end to end), "
+                       "memory, fidelity and flicker; writes bench.json, bench.md, pareto.png")  # fmt: skip
+    p.add_argument("--model", action="append", default=None, help="model file; repeat for several "
+                   "(default: the shipped teacher of a task --input)")  # fmt: skip
+    p.add_argument("--input", default="scenes", help="video, folder of frames, or scenes / edges (scenes:N for "
+                   "held-out clip N, with ground truth); default scenes")  # fmt: skip
+    p.add_argument("--methods", default="teacher,repeat,reuse", help="comma-separated registered methods "
+                   "(default teacher,repeat,reuse; the teacher always runs first)")  # fmt: skip
+    p.add_argument("--intervals", default="2,3,4", help="key-frame intervals to try (default 2,3,4)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="compute precision for all methods")
+    p.add_argument("--size", type=_size, default=None, metavar="HxW",
+                   help="model resolution (default: the input's; task clips 128x256)")  # fmt: skip
+    p.add_argument("--frames", type=int, default=None, help="benchmark the first N frames (default 60; 0: all)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for every method (default: torch's choice)")
+    p.add_argument("--repeats", type=int, default=1, help="timed passes per method; the median is reported (default 1)")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end (decode + model + encode) pass")
+    p.add_argument("--out", required=True, help="folder for bench.json, bench.md and pareto.png")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

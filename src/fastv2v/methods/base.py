@@ -42,9 +42,17 @@ class StreamState:
 
 
 class OnlineMethod:
-    """Base of online methods: key frames run the teacher and refresh the reference."""
+    """Base of online methods: key frames run the teacher and refresh the reference.
+
+    Class attributes the benchmark reads: ``uses_interval`` (False: run once, not per key-frame
+    interval) and ``model_kind`` (None: built from a teacher generator; otherwise the kind of
+    self-describing model file the method is built from, via ``from_model(path, interval=...,
+    device=...)``).
+    """
 
     name = "method"
+    uses_interval = True
+    model_kind: str | None = None
 
     def __init__(self, teacher: SplitGenerator, interval: int = 1):
         self.teacher = teacher
@@ -92,6 +100,7 @@ class Teacher(OnlineMethod):
     """Every frame is a key frame: the baseline every other method is measured against."""
 
     name = "teacher"
+    uses_interval = False
 
     def __init__(self, teacher: SplitGenerator, interval: int = 1):
         super().__init__(teacher, 1)

@@ -306,7 +306,8 @@ def profile(model: Callable[..., Any], *inputs: Any, **kwargs: Any) -> Profile:
         return torch.func.functional_call(model, swap, inputs, kwargs)
 
     try:
-        with torch.no_grad(), counter:
+        # Inference mode skips the dispatch layer the counter listens on: step out of it.
+        with torch.inference_mode(False), torch.no_grad(), counter:
             run()
     except (NotImplementedError, RuntimeError) as exc:
         if not to_meta:

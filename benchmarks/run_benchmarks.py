@@ -1,0 +1,183 @@
+"""Reproduce the project's headline table: shipped teachers, held-out clips, every method.
+
+    python benchmarks/run_benchmarks.py            # the real thing: writes results/ and RESULTS.md
+    python benchmarks/run_benchmarks.py --quick    # tiny random teachers, a few frames, a temp folder
+
+For each task (``scenes``, ``edges``) it benchmarks the shipped teacher on held-out clip 0 with
+``fastv2v.bench.run_bench`` (the same code as ``fastv2v bench``), writes
+``results/<task>/bench.json|bench.md|pareto.png`` and regenerates ``RESULTS.md`` with both tables,
+the machine (CPU model, cores, torch, threads, dtype) and the exact command. Results are only
+comparable on the same machine, so run it on an otherwise idle one.
+
+Adding a method to the headline: append it to ``HEADLINE_METHODS`` (and, if it needs its own
+model file, that file to ``headline_models``); nothing else changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TASKS = ("scenes", "edges")
+#: Methods of the headline table, in row order (the teacher is always first).
+HEADLINE_METHODS = ("teacher", "repeat", "reuse")
+HEADLINE_INTERVALS = (2, 3, 4)
+HEADLINE_SIZE = (128, 256)  # the shipped teachers' training size
+HEADLINE_FRAMES = 60
+HEADLINE_REPEATS = 3  # timed passes per method; the median is reported
+QUICK_SIZE = (32, 64)
+QUICK_FRAMES = 6
+
+
+def headline_models(task: str, overrides: dict[str, str]) -> list:
+    """The model files benchmarked for ``task``: the shipped teacher (or ``--teacher task=PATH``)."""
+    from fastv2v.errors import UserError
+    from fastv2v.tasks import shipped_teacher
+
+    if task in overrides:
+        return [Path(overrides[task])]
+    path = shipped_teacher(task)
+    if path is None:
+        raise UserError(
+            f"the shipped {task} teacher is not in this install yet (src/fastv2v/weights/{task}_teacher.safetensors); "
+            f"train it, pass --teacher {task}=PATH, or try --quick."
+        )
+    return [path]
+
+
+def quick_teacher(task: str, folder: Path) -> Path:
+    """A tiny randomly initialised teacher for ``task`` (ngf 4), saved as a self-describing file."""
+    import torch
+
+    from fastv2v.generators import build_generator, save_generator
+    from fastv2v.tasks import generator_config
+
+    torch.manual_seed(0)
+    path = folder / f"{task}_random_ngf4.safetensors"
+    save_generator(path, build_generator("resnet_6blocks", **generator_config(task, ngf=4)))
+    return path
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help=f"tiny random teachers, {QUICK_FRAMES} frames at "
+                   f"{QUICK_SIZE[0]}x{QUICK_SIZE[1]}, written to a temporary folder unless --out is given")  # fmt: skip
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks (default scenes,edges)")
+    p.add_argument("--teacher", action="append", default=[], metavar="TASK=PATH",
+                   help="benchmark this teacher file for TASK instead of the shipped one")  # fmt: skip
+    p.add_argument("--frames", type=int, default=None, help=f"frames per clip (default {HEADLINE_FRAMES})")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help=f"timed passes per method, the median is reported (default {HEADLINE_REPEATS}; --quick: 1)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--results-md", type=Path, default=None,
+                   help="the page to regenerate (default benchmarks/RESULTS.md; --quick: next to OUT)")  # fmt: skip
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from fastv2v.bench import run_bench, write_report
+    from fastv2v.errors import UserError
+
+    try:
+        overrides = dict(item.split("=", 1) for item in args.teacher)
+    except ValueError:
+        print("run_benchmarks: --teacher takes TASK=PATH, e.g. --teacher scenes=teacher.safetensors", file=sys.stderr)
+        return 2
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        print(f"run_benchmarks: unknown task(s) {', '.join(unknown)}; use {', '.join(TASKS)}.", file=sys.stderr)
+        return 2
+    temp = tempfile.TemporaryDirectory(prefix="fastv2v-quick-") if args.quick and args.out is None else None
+    out = args.out or (Path(temp.name) / "results" if temp else HERE / "results")
+    results_md = args.results_md or (out.parent / "RESULTS.md" if args.quick else HERE / "RESULTS.md")
+    size = QUICK_SIZE if args.quick else HEADLINE_SIZE
+    frames = args.frames if args.frames is not None else (QUICK_FRAMES if args.quick else HEADLINE_FRAMES)
+    repeats = args.repeats or (1 if args.quick else HEADLINE_REPEATS)
+    models_dir = tempfile.TemporaryDirectory(prefix="fastv2v-quick-models-") if args.quick else None
+    given = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python benchmarks/run_benchmarks.py"] + [shlex.quote(a) for a in given])
+    sections, skipped, reports = [], [], {}
+    try:
+        for task in tasks:
+            try:
+                if args.quick and task not in overrides:
+                    models = [quick_teacher(task, Path(models_dir.name))]
+                else:
+                    models = headline_models(task, overrides)
+                out.mkdir(parents=True, exist_ok=True)
+                report = run_bench(
+                    models, f"{task}:0", methods=HEADLINE_METHODS, intervals=HEADLINE_INTERVALS, dtype=args.dtype,
+                    size=size, frames=frames, device=args.device, threads=args.threads, repeats=repeats, progress=True,
+                )  # fmt: skip
+            except UserError as exc:
+                skipped.append(f"{task}: {exc}")
+                print(f"run_benchmarks: skipped {task}: {exc}", file=sys.stderr)
+                continue
+            report["command"] = command
+            paths = write_report(report, out / task)
+            reports[task] = (report, paths)
+            print(f"{task}: wrote {', '.join(str(p) for p in paths.values())}")
+        if not reports:
+            print("run_benchmarks: no task could run; nothing written.", file=sys.stderr)
+            return 1
+        results_md.parent.mkdir(parents=True, exist_ok=True)
+        results_md.write_text(results_page(reports, skipped, command, results_md.parent, quick=args.quick))
+        print(f"wrote {results_md}")
+    finally:
+        if models_dir is not None:
+            models_dir.cleanup()
+        if temp is not None:
+            print(f"(quick run: {temp.name} is removed on exit; pass --out to keep the files)")
+            temp.cleanup()
+    return 0
+
+
+def results_page(reports: dict, skipped: list[str], command: str, base: Path, *, quick: bool) -> str:
+    """``RESULTS.md``: the machine, the command, one section per task with its table and plot."""
+    from fastv2v.bench import markdown
+
+    first = next(iter(reports.values()))[0]
+    m = first["machine"]
+    lines = [
+        "# fastv2v benchmark results",
+        "",
+        "Regenerated by `benchmarks/run_benchmarks.py`; do not edit by hand.",
+        "",
+    ]
+    if quick:
+        lines += ["**Quick run: tiny RANDOM teachers and a few frames. These numbers only show that the pipeline "
+                  "works; they say nothing about the methods.**", ""]  # fmt: skip
+    lines += [
+        f"- machine: {m['cpu']}, {m['cores']} cores" + (f", GPU {m['gpu']}" if m.get("gpu") else ""),
+        f"- software: torch {m['torch']}, Python {m['python']}, {m['platform']}",
+        f"- settings: device {first['device']}, {first['threads']} threads, {first['dtype']}, batch {first['batch']}, "
+        f"median of {first['repeats']} timed passes per method",
+        f"- date: {datetime.date.today().isoformat()}",
+        f"- command: `{command}`",
+    ]
+    for task, (report, paths) in reports.items():
+        inp = report["input"]
+        title = f"{task}: held-out clip {inp['clip']}, {inp['frames']} frames at {inp['height']}x{inp['width']}"
+        body = markdown(report, title=title, level=2).split("\n")
+        lines += [""] + [ln for ln in body if not ln.startswith(("- command:", "- device:"))]  # in the header
+        if "png" in paths:
+            lines += [f"![{task}: cost against PSNR to the teacher]({os.path.relpath(paths['png'], base)})", ""]
+        lines.append(f"Raw numbers: [{os.path.relpath(paths['json'], base)}]({os.path.relpath(paths['json'], base)})")
+    if skipped:
+        lines += ["", "## Skipped", ""] + [f"- {s}" for s in skipped]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,763 @@
+"""Run every method on the same frames in one process and measure what users ask about.
+
+For each model, the teacher runs first (its outputs are the reference), then every other
+method at every key-frame interval, all with the same threads, dtype and device. Each run is
+four passes over the same in-memory, model-size frames:
+
+1. **MACs**: every step runs under the op-level MAC counter (:func:`fastv2v.metrics.profile`),
+   so the cost is what the run actually did, frame by frame: key frames, non-key frames and
+   any data-dependent work (sparse methods) are counted as they happened, never estimated.
+   This pass also warms up every code path.
+2. **warm-up**: a few plain steps (one key-frame interval), untimed.
+3. **model only**: ``encode_input -> step -> decode_output`` per frame, timed, with the peak
+   memory sampled; its outputs are what the quality metrics judge.
+4. **end to end**: the real thing, as ``fastv2v translate`` does it: open and decode the source
+   from disk in a reader thread, resize, run the method, encode an H.264 mp4 to a temporary
+   file in a writer thread; timed from opening to the finished file.
+
+Methods come from :data:`fastv2v.methods.base.METHODS`, so a method registered there is
+benchmarked without any change here. What the bench reads from a method class (all optional):
+
+* ``model_kind`` (str): the ``kind`` of model file it needs (e.g. a shortcut bundle); None or
+  absent means a plain teacher generator is enough. Such a class provides
+  ``from_model(path, *, interval, device) -> method``; the method's ``.teacher`` is the teacher
+  that the bundle carries. A ``UserError`` from it (or from the constructor) skips the method
+  for that model, with the message as the note.
+* ``uses_interval`` (bool): False for methods that have no key-frame interval (the teacher;
+  methods with their own schedule); they run once, not once per ``--intervals`` value.
+* ``push(x, state) -> (ready, state)`` and ``flush(state) -> ready``, where ``ready`` is a list
+  of ``(y, key)`` in frame order: for methods that need future frames (interpolation between
+  key frames). Without them, the online ``step(x, state) -> (y, state, key)`` is used.
+* ``parameter_count() -> int``: otherwise the parameters of every ``nn.Module`` attribute of
+  the method (the teacher and any extra block) are counted once each.
+* ``non_key_path()``: used for the MACs of one non-key frame only when the run cannot
+  attribute cost to frames (``push`` methods).
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from fastv2v.bench.inputs import BenchInput, resolve_input
+from fastv2v.bench.memory import PeakMemory
+from fastv2v.bench.report import clean
+from fastv2v.errors import UserError
+
+DEFAULT_METHODS = ("teacher", "repeat", "reuse")
+DEFAULT_INTERVALS = (2, 3, 4)
+
+CONVENTIONS = {
+    "macs": "G multiply-accumulates per frame in two conventions: exact (true multiply-adds) and paper "
+    "(transposed convolutions at output size, as thop/torchprofile and published tables count them). "
+    "macs_per_frame is the run's total over all frames divided by the frame count, key frames included, "
+    "with the key pattern this run actually had; macs_nonkey is the mean over its non-key frames "
+    "(a method whose every frame is a key frame, like the teacher: its per-frame cost).",
+    "time": "ms_per_frame: model only (encode_input, method step, decode_output to uint8), batch 1, after "
+    "warm-up, on frames already decoded into memory; with repeats > 1 the median pass (all in *_runs). "
+    "e2e_fps: decode the source from disk, resize, run, "
+    "encode an H.264 mp4 to a temporary file, timed from opening the source to the finished file.",
+    "psnr": "PSNR = 10 log10(255^2 / MSE) with the MSE averaged over the frames first (all frames, or only "
+    "the non-key frames for *_nonkey), so key frames that equal the teacher exactly (MSE 0) keep the "
+    "all-frames value finite and meaningful; SSIM is the mean of per-frame SSIM (key frames count as 1.0 "
+    "when they equal the teacher). The teacher's own PSNR to itself is infinite and reported as null.",
+    "warp_error": "warping error (Lai et al. 2018): squared error on the [0,1] scale between each output and "
+    "the previous output warped by the input's optical flow (DIS), over pixels with consistent forward-"
+    "backward flow, averaged over consecutive pairs; lower means less flicker. warp_error_motion names "
+    "the frames the flow was measured on.",
+    "tof": "tOF (TecoGAN protocol): mean end-point distance in pixels between the optical flow of consecutive "
+    "outputs and that of the reference (teacher outputs or ground truth).",
+    "peak_mem_mb": "MiB added at the peak during the model-only pass above the level before it (CPU: resident "
+    "set size sampled every 2 ms from /proc/self/statm after returning freed heap to the OS; CUDA: "
+    "torch.cuda.max_memory_allocated). Output buffers are allocated before the pass and not counted.",
+}
+
+
+class _Skip(Exception):
+    """A method that cannot run with this model file (reported, not raised)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing
+
+
+def parse_methods(text: str | Sequence[str]) -> list[str]:
+    """``"teacher,repeat,reuse"`` -> names, each checked against the registry, teacher first."""
+    from fastv2v.methods.base import METHODS
+
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    if not names:
+        raise UserError("--methods is empty; name at least one method, e.g. teacher,repeat,reuse.")
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise UserError(
+            f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"the registered methods are: {', '.join(sorted(METHODS))}."
+        )
+    ordered = ["teacher"] + [n for n in dict.fromkeys(names) if n != "teacher"]
+    return ordered
+
+
+def parse_intervals(text: str | Sequence[int]) -> list[int]:
+    """``"2,3,4"`` -> [2, 3, 4]; each a whole number >= 1."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out = []
+    for item in items:
+        try:
+            value = int(str(item).strip())
+        except ValueError:
+            raise UserError(
+                f"--intervals takes whole numbers separated by commas (e.g. 2,3,4), not {item!r}."
+            ) from None
+        if value < 1:
+            raise UserError(f"a key-frame interval must be at least 1, not {value}.")
+        out.append(value)
+    if not out:
+        raise UserError("--intervals is empty; give e.g. 2,3,4.")
+    return list(dict.fromkeys(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+
+
+@dataclass
+class ModelEntry:
+    """One ``--model``: the label used in the report, its file (None: in memory), its teacher."""
+
+    label: str
+    path: Path | None
+    kind: str
+    teacher: Any
+
+    def describe(self, hw: tuple[int, int], macs_total: tuple[int, int], frames: int) -> dict:
+        g = self.teacher
+        return {
+            "model": self.label, "path": None if self.path is None else str(self.path), "kind": self.kind,
+            "arch": g.config.get("arch"), "ngf": g.config.get("ngf"), "input_kind": g.input_kind,
+            "params_m": _params(g) / 1e6, "model_height": hw[0], "model_width": hw[1],
+            "teacher_macs": {"exact": macs_total[0] / frames / 1e9, "paper": macs_total[1] / frames / 1e9},
+        }  # fmt: skip
+
+
+def _file_kind(path: Path) -> str:
+    if path.suffix == ".safetensors":
+        from fastv2v.checkpoint import read_config
+
+        return (read_config(path) or {}).get("kind", "generator")
+    return "generator"
+
+
+def load_model(item: Any, device: torch.device) -> ModelEntry:
+    """A path (teacher or method bundle), a generator, or ``(label, generator)``."""
+    from fastv2v.generators.base import SplitGenerator
+
+    if isinstance(item, tuple):
+        label, generator = item
+        return ModelEntry(str(label), None, "generator", generator.to(device).eval())
+    if isinstance(item, SplitGenerator):
+        label = f"{item.config.get('arch', type(item).__name__)} (in memory)"
+        return ModelEntry(label, None, "generator", item.to(device).eval())
+    path = Path(item)
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass the path of a model file with --model.")
+    kind = _file_kind(path)
+    if kind == "generator":
+        from fastv2v.generators import load_generator
+
+        return ModelEntry(path.name, path, kind, load_generator(path, device=device))
+    from fastv2v.methods.base import METHODS
+
+    for cls in METHODS.values():
+        if getattr(cls, "model_kind", None) == kind and hasattr(cls, "from_model"):
+            method = cls.from_model(path, interval=1, device=device)
+            return ModelEntry(path.name, path, kind, method.teacher.to(device).eval())
+    raise UserError(
+        f"{path} is a {kind!r} model file, but no registered method reads that kind; "
+        "pass a teacher generator or a bundle made by fastv2v."
+    )
+
+
+def _uses_interval(cls) -> bool:
+    value = getattr(cls, "uses_interval", None)
+    return (cls.name != "teacher") if value is None else bool(value)
+
+
+def build_method(cls, entry: ModelEntry, interval: int | None, device: torch.device):
+    """The method for this model file, or :class:`_Skip` with the reason it cannot run."""
+    needs = getattr(cls, "model_kind", None)
+    try:
+        if needs is None:
+            return cls(entry.teacher, interval) if interval is not None else cls(entry.teacher)
+        if entry.path is None or entry.kind != needs:
+            raise _Skip(
+                f"needs a {needs!r} model file (it carries the method's trained parts), "
+                f"and {entry.label} is a {entry.kind} file"
+            )
+        return cls.from_model(entry.path, interval=interval or 1, device=device)
+    except UserError as exc:
+        raise _Skip(str(exc)) from None
+
+
+def _params(obj) -> int:
+    if hasattr(obj, "parameter_count"):
+        return int(obj.parameter_count())
+    module = torch.nn.Module
+    modules = [obj] if isinstance(obj, module) else [v for v in vars(obj).values() if isinstance(v, module)]
+    seen, total = set(), 0
+    for module in modules:
+        for p in module.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# driving a method
+
+
+def _tensor(frame: np.ndarray) -> torch.Tensor:
+    """A batch of one frame, copied as the engine copies it (decoded arrays may be read-only)."""
+    return torch.from_numpy(np.stack([frame]))
+
+
+def drive(method, inputs: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, bool]]:
+    """Outputs and key flags in frame order, through ``push``/``flush`` or ``step``."""
+    state = method.init_state()
+    push = getattr(method, "push", None)
+    if push is None:
+        for x in inputs:
+            y, state, key = method.step(x, state)
+            yield y, bool(key)
+        return
+    for x in inputs:
+        ready, state = push(x, state)
+        for y, key in ready:
+            yield y, bool(key)
+    for y, key in method.flush(state):
+        yield y, bool(key)
+
+
+@dataclass
+class _Macs:
+    total: tuple[int, int]
+    per_frame: list[tuple[int, int]] | None  # step methods: cost of each frame's step
+    keys: list[bool]
+    out_shape: tuple[int, ...]
+    nonkey_path: tuple[int, int] | None = None  # push methods: profile of non_key_path(), if any
+
+
+def _count_macs(method, g, frames: list[np.ndarray], dev, dtype: str) -> _Macs:
+    """Pass 1: run every step under the MAC counter (also the warm-up of every code path)."""
+    from fastv2v.engine.translate import autocast
+    from fastv2v.metrics.profile import profile
+
+    push = getattr(method, "push", None)
+    state = method.init_state()
+    per_frame, keys, ready, total = [], [], [], [0, 0]
+    box: dict[str, Any] = {}
+
+    def step(x):
+        box["r"] = method.step(x, box["state"])
+
+    def pushed(x):
+        box["r"] = push(x, box["state"])
+
+    def flushed():
+        box["r"] = method.flush(box["state"])
+
+    # no_grad, not inference_mode: under inference_mode the dispatch-level counter sees no ops.
+    with torch.no_grad(), autocast(dev, dtype):
+        for f in frames:
+            x = g.encode_input(_tensor(f))
+            box["state"] = state
+            if push is None:
+                p = profile(step, x)
+                y, state, key = box["r"]
+                per_frame.append((p.macs_exact, p.macs_paper))
+                keys.append(bool(key))
+                ready = [y]
+            else:
+                p = profile(pushed, x)
+                outs, state = box["r"]
+                keys += [bool(k) for _, k in outs]
+                ready = [y for y, _ in outs[-1:]] or ready  # only the last output's shape is needed
+            total[0] += p.macs_exact
+            total[1] += p.macs_paper
+        if push is not None:
+            box["state"] = state
+            p = profile(flushed)
+            keys += [bool(k) for _, k in box["r"]]
+            ready = [y for y, _ in box["r"][-1:]] or ready
+            total[0] += p.macs_exact
+            total[1] += p.macs_paper
+        shape = tuple(g.decode_output(ready[-1]).shape[1:])
+        nonkey = None
+        path = method.non_key_path() if push is not None and hasattr(method, "non_key_path") else None
+        if path is not None:
+            p = profile(path, g.encode_input(_tensor(frames[-1])))
+            nonkey = (p.macs_exact, p.macs_paper)
+    if len(keys) != len(frames):
+        raise RuntimeError(f"{type(method).__name__} returned {len(keys)} outputs for {len(frames)} frames")
+    return _Macs((total[0], total[1]), per_frame if push is None else None, keys, shape, nonkey)
+
+
+def _warm_up(method, g, frames, dev, dtype: str, count: int) -> None:
+    from fastv2v.engine.translate import autocast
+
+    with torch.inference_mode(), autocast(dev, dtype):
+        xs = (g.encode_input(_tensor(f)) for f in frames[:count])
+        for y, _ in drive(method, xs):
+            g.decode_output(y).cpu()
+
+
+def _timed(method, g, frames, dev, dtype: str, out: np.ndarray) -> tuple[float, list | None, list[bool], PeakMemory]:
+    """Pass 3: model-only time per frame (encode_input -> step -> decode_output), outputs into ``out``."""
+    from fastv2v.engine.translate import autocast
+
+    push = getattr(method, "push", None)
+    keys: list[bool] = []
+    times: list[float] = []
+    clock = time.perf_counter
+    with PeakMemory(dev) as memory, torch.inference_mode(), autocast(dev, dtype):
+        state = method.init_state()
+        if push is None:
+            for i, f in enumerate(frames):
+                tick = clock()
+                x = g.encode_input(_tensor(f))
+                y, state, key = method.step(x, state)
+                result = g.decode_output(y).cpu().numpy()
+                times.append(clock() - tick)
+                out[i] = result[0]
+                keys.append(bool(key))
+            return sum(times), times, keys, memory
+        seconds, i = 0.0, 0
+        for f in itertools.chain(frames, [None]):
+            tick = clock()
+            if f is None:
+                ready = method.flush(state)
+            else:
+                ready, state = push(g.encode_input(_tensor(f)), state)
+            results = [(g.decode_output(y).cpu().numpy()[0], bool(k)) for y, k in ready]
+            seconds += clock() - tick
+            for result, key in results:
+                out[i] = result
+                keys.append(key)
+                i += 1
+        return seconds, None, keys, memory
+
+
+def _end_to_end(method, g, inp: BenchInput, labels: bool, resizer, dev, dtype: str, folder: Path,
+                limit: int | None = None) -> float:
+    """Pass 4: seconds from opening the source to a finished mp4 (decode, resize, run, encode)."""
+    from fastv2v.data.video import open_frames, open_writer
+    from fastv2v.engine.streaming import BackgroundWriter, prefetch
+    from fastv2v.engine.translate import autocast
+
+    target = folder / "e2e.mp4"
+    start = time.perf_counter()
+    with open_frames(inp.source, labels=labels) as frames, open_writer(target, fps=inp.fps) as writer:
+        background = BackgroundWriter(lambda y: writer.write(resizer.from_model(y)), depth=4)
+        try:
+            decoded = prefetch((resizer.to_model(f) for f in itertools.islice(frames, limit or inp.frames)), depth=4)
+            with torch.inference_mode(), autocast(dev, dtype):
+                xs = (g.encode_input(_tensor(f)) for f in decoded)
+                for y, _ in drive(method, xs):
+                    background.submit(g.decode_output(y).cpu().numpy()[0])
+        finally:
+            background.close()
+    seconds = time.perf_counter() - start
+    target.unlink(missing_ok=True)
+    return seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+def _psnr_of_mse(mean_mse: float) -> float | None:
+    return None if mean_mse == 0 else 10.0 * math.log10(255.0**2 / mean_mse)
+
+
+class _Notes(dict):
+    """Reasons for null metrics, keyed by field name (``result["notes"]``)."""
+
+
+def _fidelity(outs, refs, keys, prefix: str, notes: _Notes, nonkey: bool) -> dict:
+    """PSNR (pooled MSE) and SSIM (mean) of outputs against references, all and non-key frames."""
+    from fastv2v.metrics.quality import mse, ssim
+
+    result: dict[str, Any] = {}
+    fields = [f"psnr_{prefix}", f"ssim_{prefix}"]
+    fields += [f"psnr_{prefix}_nonkey", f"ssim_{prefix}_nonkey"] if nonkey else []
+    if refs is None:
+        for name in fields:
+            result[name] = None
+            notes[name] = "no ground truth for this input"
+        return result
+    if outs[0].shape != refs[0].shape:
+        for name in fields:
+            result[name] = None
+            notes[name] = f"outputs are {outs[0].shape[:2]} but the reference frames are {refs[0].shape[:2]}"
+        return result
+    errors = np.array([mse(o, r) for o, r in zip(outs, refs)])
+    try:
+        sims = np.array([ssim(o, r) for o, r in zip(outs, refs)])
+    except ValueError as exc:  # frames smaller than the 11x11 SSIM window
+        sims = None
+        for name in fields[1::2]:
+            notes[name] = str(exc)
+    groups = [("", np.ones(len(keys), bool))]
+    if nonkey:
+        groups.append(("_nonkey", ~np.asarray(keys)))
+    for suffix, mask in groups:
+        p, s = f"psnr_{prefix}{suffix}", f"ssim_{prefix}{suffix}"
+        if not mask.any():
+            result[p] = result[s] = None
+            notes[p] = notes[s] = "every frame of this run is a key frame"
+            continue
+        result[p] = _psnr_of_mse(float(errors[mask].mean()))
+        if result[p] is None:
+            notes[p] = "identical to the reference on every frame (PSNR is infinite)"
+        result[s] = None if sims is None else float(sims[mask].mean())
+    return result
+
+
+@dataclass
+class _Motion:
+    """Optical flow between consecutive frames of the motion reference (computed once per model)."""
+
+    source: str
+    flows: list | None
+    reason: str | None = None
+
+
+def _motion(frames: list[np.ndarray], source: str) -> _Motion:
+    from fastv2v.flow import estimate_flow, occlusion_mask
+
+    flows = []
+    try:
+        for prev, cur in zip(frames, frames[1:]):
+            fwd = estimate_flow(cur, prev)
+            flows.append((fwd, occlusion_mask(fwd, estimate_flow(prev, cur))))
+    except ValueError as exc:
+        return _Motion(source, None, f"optical flow failed on the {source} frames: {exc}")
+    return _Motion(source, flows)
+
+
+def _temporal(outs, motion: _Motion, teacher_outs, targets, notes: _Notes) -> dict:
+    from fastv2v.metrics.temporal import tof, warping_error_from_flow
+
+    result: dict[str, Any] = {"warp_error": None, "warp_error_motion": motion.source}
+    if motion.flows is None:
+        notes["warp_error"] = motion.reason
+    else:
+        errors = [warping_error_from_flow(a, b, f, v) for (a, b), (f, v) in zip(zip(outs, outs[1:]), motion.flows)]
+        errors = [e for e in errors if not math.isnan(e)]
+        result["warp_error"] = float(np.mean(errors)) if errors else None
+        if not errors:
+            notes["warp_error"] = "no pixel had reliable motion in any frame pair"
+    for name, refs in (("tof_vs_teacher", teacher_outs), ("tof_vs_gt", targets)):
+        if refs is None:
+            result[name], notes[name] = None, "no ground truth for this input"
+        elif refs[0].shape != outs[0].shape:
+            result[name], notes[name] = None, "reference frames differ in size from the outputs"
+        else:
+            values = [tof(outs[i - 1], outs[i], refs[i - 1], refs[i]) for i in range(1, len(outs))]
+            result[name] = float(np.mean(values))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# the benchmark
+
+
+def machine_info(device: torch.device) -> dict:
+    """What ran the benchmark: CPU model, cores, torch, threads, GPU."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+        "platform": platform.platform(), "threads": torch.get_num_threads(), "gpu": None,
+    }  # fmt: skip
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _device_text(device: torch.device, machine: dict) -> str:
+    if device.type == "cuda":
+        return f"{device} ({machine['gpu']})"
+    return f"cpu ({machine['cpu']}, {machine['cores']} cores)"
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def run_bench(
+    models: Any = None,
+    input: str | os.PathLike = "scenes",
+    *,
+    methods: str | Sequence[str] = DEFAULT_METHODS,
+    intervals: str | Sequence[int] = DEFAULT_INTERVALS,
+    dtype: str = "fp32",
+    size: tuple[int, int] | None = None,
+    frames: int | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    e2e: bool = True,
+    repeats: int = 1,
+    progress: bool = False,
+) -> dict:
+    """Benchmark ``methods`` of each model on the first ``frames`` frames of ``input``.
+
+    ``models``: a path, a generator, ``(label, generator)``, or a list of those (None: the
+    shipped teacher of a task input). ``input``: a video, a folder of frames, or ``scenes`` /
+    ``edges`` (``scenes:N``) for a task's held-out clip, which adds ground-truth metrics.
+    ``size``: model resolution (HxW; task clips are rendered at it, default 128x256).
+    ``threads``: torch threads for the whole run (restored afterwards). ``repeats``: timed passes
+    per method (model only and end to end); the median is reported, every pass is kept in
+    ``*_runs`` so the spread is visible.
+    Returns the report as a JSON-ready dict (see ``bench.json``); :func:`write_report` writes it.
+    """
+    from fastv2v.engine.translate import DTYPES, resolve_device
+
+    if dtype not in DTYPES:
+        raise UserError(f"unknown --dtype {dtype!r}; use {', '.join(DTYPES)}.")
+    names = parse_methods(methods)
+    steps = parse_intervals(intervals)
+    dev = resolve_device(device)
+    if int(repeats) != repeats or repeats < 1:
+        raise UserError(f"--repeats must be a whole number of at least 1, not {repeats}.")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, not {threads}.")
+    inp = resolve_input(input, size=size, frames=frames)
+    if models is None:
+        models = [_shipped(inp)]
+    elif isinstance(models, (str, os.PathLike, tuple)) or not isinstance(models, Sequence):
+        models = [models]
+    if not models:
+        raise UserError("no --model given; pass at least one model file.")
+    entries = [load_model(m, dev) for m in models]
+    for entry in entries:  # before any work: a mismatch is the user's to fix, not a run to waste
+        takes_labels = entry.teacher.input_kind == "labels"
+        if inp.labels is not None and inp.labels != takes_labels:
+            have, want = ("label maps", "RGB frames") if inp.labels else ("RGB frames", "label maps")
+            raise UserError(
+                f"--input {inp.spec} gives {have}, but {entry.label} takes {want}; pass a matching model or input."
+            )
+
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        machine = machine_info(dev)
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        report: dict[str, Any] = {
+            "fastv2v": _version(), "created": now, "device": _device_text(dev, machine),
+            "threads": torch.get_num_threads(), "dtype": dtype, "batch": 1, "repeats": repeats,
+            "machine": machine, "input": inp.describe(), "methods": names, "intervals": steps,
+            "models": [], "teacher_macs": None, "results": [], "skipped": [], "conventions": CONVENTIONS,
+        }  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="fastv2v-bench-") as tmp:
+            folder = Path(tmp)
+            if e2e:
+                inp.write_source(folder / "source")
+            for entry in entries:
+                _bench_model(entry, inp, runs_for(names, steps), size, dev, dtype, e2e, repeats, folder, report,
+                             progress)  # fmt: skip
+        report["teacher_macs"] = report["models"][0]["teacher_macs"] if report["models"] else None
+        return clean(report)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _version() -> str:
+    from fastv2v import __version__
+
+    return __version__
+
+
+def _shipped(inp: BenchInput):
+    from fastv2v.tasks import shipped_teacher
+
+    if inp.task is None:
+        raise UserError(
+            "no --model given; pass a model file (the shipped teachers are used only for --input scenes/edges)."
+        )
+    path = shipped_teacher(inp.task)
+    if path is None:
+        raise UserError(
+            f"this install ships no {inp.task} teacher yet; pass --model, or train one with "
+            f"`fastv2v train teacher --task {inp.task} --out DIR`."
+        )
+    return path
+
+
+def runs_for(names: Sequence[str], steps: Sequence[int]) -> list[tuple[str, int | None]]:
+    """``(method, interval)`` pairs in report order: the teacher, then each method per interval."""
+    from fastv2v.methods.base import METHODS
+
+    runs: list[tuple[str, int | None]] = []
+    for name in names:
+        if _uses_interval(METHODS[name]):
+            runs += [(name, k) for k in steps]
+        else:
+            runs.append((name, None))
+    return runs
+
+
+def _bench_model(
+    entry: ModelEntry, inp: BenchInput, runs, size, dev, dtype, e2e, repeats, folder, report, progress
+) -> None:
+    """Benchmark every run of one model; rows and skips are appended to ``report``."""
+    from fastv2v.data.resize import Resizer
+    from fastv2v.engine.translate import check_labels
+    from fastv2v.methods.base import METHODS
+
+    g = entry.teacher
+    labels = g.input_kind == "labels"
+    # Task clips are rendered at the model size already; other inputs are fitted to it (padded).
+    resizer = Resizer((inp.height, inp.width), size=None if inp.task else size, multiple=g.size_multiple)
+    frames = inp.model_frames(labels, resizer)
+    if labels:
+        for i, f in enumerate(frames):
+            check_labels(f, g.label_nc, inp.path, i)
+    targets = inp.targets
+    # Motion for the warping error: the input itself when it is a picture; for label maps the
+    # ground truth, or failing that the teacher's outputs (computed after the teacher ran).
+    motion = None
+    if not labels:
+        motion = _motion([resizer.from_model(f) for f in frames], "input")
+    elif targets is not None:
+        motion = _motion(targets, "ground truth")
+    teacher_outs: list[np.ndarray] | None = None
+    teacher_row: dict | None = None
+    for index, (name, interval) in enumerate(runs):
+        label = name if interval is None else f"{name}@{interval}"
+        try:
+            method = build_method(METHODS[name], entry, interval, dev)
+        except _Skip as exc:
+            report["skipped"].append({"model": entry.label, "method": name, "interval": interval, "reason": str(exc)})
+            _say(progress, f"{entry.label}: skipped {label}: {exc}")
+            continue
+        _say(progress, f"{entry.label}: {label} ({index + 1}/{len(runs)}) on {len(frames)} frames")
+        notes = _Notes()
+        macs = _count_macs(method, g, frames, dev, dtype)
+        _warm_up(method, g, frames, dev, dtype, min(len(frames), (interval or 1) + 1))
+        buffer = np.empty((len(frames), *macs.out_shape), np.uint8)
+        buffer.fill(0)  # resident before the memory baseline, so the outputs kept are not counted
+        passes = [_timed(method, g, frames, dev, dtype, buffer) for _ in range(repeats)]
+        seconds, times, keys, _ = sorted(passes, key=lambda p: p[0])[(len(passes) - 1) // 2]  # the median pass
+        peaks = [p[3].peak_mb for p in passes if p[3].peak_mb is not None]
+        outs = [resizer.from_model(o) for o in buffer]
+        if keys != macs.keys:
+            notes["keyframes"] = "the key pattern differed between the MAC pass and the timed pass"
+        n = len(frames)
+        row: dict[str, Any] = {
+            "model": entry.label, "method": name, "interval": 1 if name == "teacher" else interval,
+            "frames": n, "keyframes": int(sum(keys)),
+        }  # fmt: skip
+        row.update(_cost(method, macs, n, notes))
+        ms = 1000.0 * seconds / n
+        row["ms_per_frame"] = ms
+        row["ms_per_frame_runs"] = [1000.0 * p[0] / n for p in passes]
+        row["model_fps"] = 1000.0 / ms
+        row["ms_key"], row["ms_nonkey"] = _split_times(times, keys, notes)
+        e2e_seconds = None
+        if not e2e:
+            notes["e2e_fps"] = "end-to-end pass not run (e2e=False)"
+        elif macs.out_shape[-1] != 3:
+            notes["e2e_fps"] = f"outputs have {macs.out_shape[-1]} channels; the mp4 writer takes RGB"
+        else:
+            if name == "teacher":  # first e2e pass of this model: pay one-time costs (codec, file cache) untimed
+                _end_to_end(method, g, inp, labels, resizer, dev, dtype, folder, limit=2)
+            e2e_runs = sorted(_end_to_end(method, g, inp, labels, resizer, dev, dtype, folder) for _ in range(repeats))
+            e2e_seconds = e2e_runs[(len(e2e_runs) - 1) // 2]
+            row["e2e_fps_runs"] = [n / t for t in e2e_runs]
+        row["e2e_fps"] = n / e2e_seconds if e2e_seconds else None
+        row["e2e_ms_per_frame"] = 1000.0 * e2e_seconds / n if e2e_seconds else None
+        if name == "teacher":
+            teacher_row, teacher_outs = row, outs
+            if motion is None:
+                motion = _motion(outs, "teacher output")
+            report["models"].append(entry.describe(resizer.model_hw, macs.total, n))
+        row["speedup_vs_teacher"] = teacher_row["ms_per_frame"] / ms
+        t_e2e = teacher_row["e2e_ms_per_frame"]
+        row["e2e_speedup_vs_teacher"] = t_e2e / row["e2e_ms_per_frame"] if t_e2e and row["e2e_ms_per_frame"] else None
+        row.update(_fidelity(outs, teacher_outs, keys, "vs_teacher", notes, nonkey=True))
+        if name == "teacher":
+            notes["psnr_vs_teacher"] = "the teacher is the reference (its PSNR to itself is infinite)"
+        row.update(_fidelity(outs, targets, keys, "vs_gt", notes, nonkey=False))
+        row.update(_temporal(outs, motion, teacher_outs, targets, notes))
+        row["peak_mem_mb"] = max(peaks) if peaks else None
+        if not peaks:
+            notes["peak_mem_mb"] = passes[0][3].reason
+        row["notes"] = dict(notes)
+        report["results"].append(row)
+        del method, buffer, outs
+
+
+def _cost(method, macs: _Macs, n: int, notes: _Notes) -> dict:
+    """MACs amortised over the run and per non-key frame (G), and parameters (M)."""
+    exact, paper = macs.total
+    row: dict[str, Any] = {
+        "macs_total": {"exact": exact, "paper": paper},
+        "macs_per_frame": {"exact": exact / n / 1e9, "paper": paper / n / 1e9},
+        "params_m": _params(method) / 1e6,
+    }
+    keys = np.asarray(macs.keys)
+    if macs.per_frame is not None:
+        costs = np.asarray(macs.per_frame, dtype=np.float64)
+        if keys.all():
+            row["macs_nonkey"] = dict(row["macs_per_frame"])
+            notes["macs_nonkey"] = "every frame is a key frame: the per-frame cost"
+        else:
+            row["macs_nonkey"] = {"exact": costs[~keys, 0].mean() / 1e9, "paper": costs[~keys, 1].mean() / 1e9}
+        row["macs_key"] = (
+            {"exact": costs[keys, 0].mean() / 1e9, "paper": costs[keys, 1].mean() / 1e9} if keys.any() else None
+        )  # fmt: skip
+        return row
+    row["macs_key"] = None
+    notes["macs_key"] = "a buffered (push/flush) method: its cost is not attributable to single frames"
+    if macs.nonkey_path is None:
+        row["macs_nonkey"] = None
+        notes["macs_nonkey"] = "a buffered (push/flush) method without non_key_path(): not attributable"
+    else:
+        row["macs_nonkey"] = {"exact": macs.nonkey_path[0] / 1e9, "paper": macs.nonkey_path[1] / 1e9}
+        notes["macs_nonkey"] = "profiled from the method's non_key_path(), not from the run"
+    return row
+
+
+def _split_times(times, keys, notes: _Notes):
+    if times is None:
+        notes["ms_key"] = notes["ms_nonkey"] = "a buffered (push/flush) method: time is not attributable to frames"
+        return None, None
+    t, k = np.asarray(times), np.asarray(keys)
+    key = 1000.0 * float(t[k].mean()) if k.any() else None
+    nonkey = 1000.0 * float(t[~k].mean()) if (~k).any() else None
+    if nonkey is None:
+        notes["ms_nonkey"] = "every frame is a key frame"
+    return key, nonkey

@@ -1,0 +1,200 @@
+"""`fastv2v bench`: the report's schema and its exact cost accounting, on tiny random teachers."""
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from fastv2v import UserError
+from fastv2v.bench import PeakMemory, parse_intervals, run_bench, write_report
+from fastv2v.cli import main
+from fastv2v.generators import ResnetGenerator, build_generator, save_generator
+from fastv2v.methods.base import METHODS, OnlineMethod
+from fastv2v.tasks import generator_config
+
+REQUIRED = {
+    "method": str, "interval": (int, type(None)), "macs_per_frame": dict, "macs_nonkey": dict, "params_m": float,
+    "ms_per_frame": float, "speedup_vs_teacher": float, "e2e_fps": float, "psnr_vs_teacher": (float, type(None)),
+    "ssim_vs_teacher": float, "psnr_vs_teacher_nonkey": (float, type(None)),
+    "ssim_vs_teacher_nonkey": (float, type(None)), "warp_error": float, "peak_mem_mb": float, "model": str,
+    "keyframes": int, "frames": int, "notes": dict,
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def scenes_teacher(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "scenes_tiny.safetensors"
+    save_generator(path, build_generator("resnet_6blocks", **generator_config("scenes", ngf=4)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def scenes_report(scenes_teacher):
+    return run_bench(scenes_teacher, "scenes", size=(32, 32), frames=6, intervals=[2, 4], threads=1)
+
+
+def test_schema_of_a_tiny_run(scenes_report):
+    report = json.loads(json.dumps(scenes_report, allow_nan=False))  # strictly valid JSON
+    assert isinstance(report["device"], str) and report["dtype"] == "fp32" and report["threads"] == 1
+    inp = report["input"]
+    assert (inp["path"], inp["frames"], inp["height"], inp["width"]) == ("scenes:0", 6, 32, 32)
+    assert inp["fps"] > 0 and inp["ground_truth"] is True
+    assert report["teacher_macs"]["exact"] > 0 and report["teacher_macs"]["paper"] > report["teacher_macs"]["exact"]
+    rows = report["results"]
+    assert [(r["method"], r["interval"]) for r in rows] == [
+        ("teacher", 1), ("repeat", 2), ("repeat", 4), ("reuse", 2), ("reuse", 4)
+    ]  # fmt: skip
+    for r in rows:
+        for key, kind in REQUIRED.items():
+            assert isinstance(r[key], kind), (r["method"], key, r[key], r["notes"])
+        for key in ("macs_per_frame", "macs_nonkey"):
+            assert set(r[key]) >= {"exact", "paper"} and all(isinstance(v, float) for v in r[key].values())
+        assert r["e2e_fps"] > 0 and r["ms_per_frame"] > 0
+        assert isinstance(r["psnr_vs_gt"], float) and isinstance(r["ssim_vs_gt"], float)
+    teacher = rows[0]
+    assert teacher["speedup_vs_teacher"] == 1.0 and teacher["keyframes"] == 6
+    assert teacher["psnr_vs_teacher"] is None and "reference" in teacher["notes"]["psnr_vs_teacher"]
+    assert teacher["macs_nonkey"] == teacher["macs_per_frame"]
+
+
+def test_repeat_costs_exactly_its_key_frames(scenes_report):
+    teacher, *rows = scenes_report["results"]
+    per_frame = teacher["macs_total"]["exact"] // teacher["frames"]
+    assert per_frame * teacher["frames"] == teacher["macs_total"]["exact"]
+    for r in (r for r in rows if r["method"] == "repeat"):
+        assert r["macs_nonkey"] == {"exact": 0.0, "paper": 0.0}
+        assert r["keyframes"] == {2: 3, 4: 2}[r["interval"]]  # frames 0,2,4 / 0,4
+        for conv in ("exact", "paper"):
+            assert r["macs_total"][conv] == teacher["macs_total"][conv] * r["keyframes"] // r["frames"]
+            expected = teacher["macs_per_frame"][conv] * r["keyframes"] / r["frames"]
+            assert r["macs_per_frame"][conv] == pytest.approx(expected, rel=1e-12)
+        # key frames are the teacher exactly, so the all-frames PSNR beats the non-key one
+        assert math.isfinite(r["psnr_vs_teacher"]) and r["psnr_vs_teacher"] > r["psnr_vs_teacher_nonkey"]
+    reuse = [r for r in rows if r["method"] == "reuse"]
+    assert all(0 < r["macs_nonkey"]["exact"] < teacher["macs_per_frame"]["exact"] for r in reuse)
+
+
+def test_report_files(scenes_report, tmp_path):
+    paths = write_report(scenes_report, tmp_path / "out")
+    assert json.loads(paths["json"].read_text())["results"][0]["method"] == "teacher"
+    md = paths["md"].read_text()
+    assert "| method | interval |" in md and "| teacher | 1 | 6/6 |" in md and "| repeat | 2 | 3/6 |" in md
+    assert "PSNR→GT" in md and "scenes_tiny.safetensors" in md
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_on_a_video_prints_the_table(make_video, tmp_path, capsys):
+    torch.manual_seed(0)
+    model = tmp_path / "tiny.pth"
+    torch.save(ResnetGenerator(ngf=4, n_blocks=1).state_dict(), model)
+    src = make_video(frames=6, size=(32, 32))
+    out = tmp_path / "bench"
+    args = ["bench", "--model", model, "--input", src, "--methods", "repeat", "--intervals", "3", "--repeats", "2",
+            "--threads", "1", "--out", out]  # fmt: skip
+    assert main([str(a) for a in args] + ["--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| teacher | 1 | 6/6 |" in printed and "| repeat | 3 | 2/6 |" in printed
+    report = json.loads((out / "bench.json").read_text())
+    assert report["input"]["path"] == str(src) and report["input"]["ground_truth"] is False
+    assert report["results"][1]["warp_error_motion"] == "input"
+    assert report["results"][1]["psnr_vs_gt"] is None and report["results"][1]["notes"]["psnr_vs_gt"]
+    assert "fastv2v bench --model" in report["command"] and report["repeats"] == 2
+    assert len(report["results"][1]["ms_per_frame_runs"]) == 2 and len(report["results"][1]["e2e_fps_runs"]) == 2
+    assert (out / "bench.md").is_file() and (out / "pareto.png").stat().st_size > 0
+
+
+def test_unknown_method_is_a_user_error(scenes_teacher, tmp_path, capsys):
+    with pytest.raises(UserError, match="unknown method 'warp9'.*registered methods are: .*repeat"):
+        run_bench(scenes_teacher, "scenes", methods="teacher,warp9", size=(32, 32), frames=3)
+    code = main(["bench", "--model", str(scenes_teacher), "--methods", "warp9", "--out", str(tmp_path)])
+    assert code == 2 and "unknown method 'warp9'" in capsys.readouterr().err
+
+
+def test_mismatched_input_and_bad_intervals_are_user_errors(make_video, scenes_teacher, tmp_path):
+    rgb = tmp_path / "rgb.safetensors"
+    save_generator(rgb, ResnetGenerator(ngf=4, n_blocks=1))
+    with pytest.raises(UserError, match="--input scenes gives label maps, but rgb.safetensors takes RGB frames"):
+        run_bench(rgb, "scenes", size=(32, 32), frames=3)
+    with pytest.raises(UserError, match="label maps must be lossless images"):  # the reader's own sentence
+        run_bench(scenes_teacher, make_video(frames=3, size=(32, 32)), frames=3)
+    with pytest.raises(UserError, match="at least 1"):
+        parse_intervals("2,0")
+
+
+class _NeedsBundle(OnlineMethod):
+    """A method that needs its own model file kind, as the shortcut method will."""
+
+    name = "needs-bundle"
+    model_kind = "bundle-for-test"
+
+    @classmethod
+    def from_model(cls, path, *, interval, device):
+        raise AssertionError("never reached for a plain teacher file")
+
+
+class _Buffered(OnlineMethod):
+    """A method that needs future frames (push/flush): it emits everything at the end."""
+
+    name = "buffered"
+    uses_interval = False
+
+    def push(self, x, state):
+        return [], state + [x]
+
+    def flush(self, state):
+        return [(self.teacher(x), True) for x in state]
+
+    def init_state(self):
+        return []
+
+
+def test_registry_protocol_skip_and_buffered(monkeypatch, scenes_teacher):
+    monkeypatch.setitem(METHODS, _NeedsBundle.name, _NeedsBundle)
+    monkeypatch.setitem(METHODS, _Buffered.name, _Buffered)
+    report = run_bench(scenes_teacher, "scenes", methods="needs-bundle,buffered", size=(32, 32), frames=4,
+                       intervals=[2], e2e=False)  # fmt: skip
+    (skip,) = report["skipped"]
+    assert skip["method"] == "needs-bundle" and "'bundle-for-test' model file" in skip["reason"]
+    teacher, buffered = report["results"]
+    assert buffered["method"] == "buffered" and buffered["interval"] is None and buffered["keyframes"] == 4
+    assert buffered["macs_total"] == teacher["macs_total"]  # the same work, counted through push/flush
+    assert buffered["psnr_vs_teacher"] is None and "identical" in buffered["notes"]["psnr_vs_teacher"]
+    assert buffered["ssim_vs_teacher"] == 1.0 and buffered["e2e_fps"] is None and buffered["notes"]["e2e_fps"]
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory("cpu") as memory:
+        block = np.ones(64 * 2**20, np.uint8)  # 64 MiB, touched
+        time.sleep(0.05)  # several sampling periods
+        del block
+    if memory.peak_mb is None:
+        pytest.skip(memory.reason)
+    assert memory.peak_mb >= 48
+
+
+def test_headline_script_quick_run(tmp_path, capsys):
+    """benchmarks/run_benchmarks.py works end to end on a tiny random teacher (numbers not asserted)."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "run_benchmarks.py"
+    spec = importlib.util.spec_from_file_location("run_benchmarks", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "results"
+    assert module.main(["--quick", "--tasks", "scenes", "--frames", "4", "--threads", "1", "--out", str(out)]) == 0
+    page = (tmp_path / "RESULTS.md").read_text()
+    assert "RANDOM teachers" in page and "| repeat | 4 |" in page and "](results/scenes/pareto.png)" in page
+    assert {p.name for p in (out / "scenes").iterdir()} == {"bench.json", "bench.md", "pareto.png"}
