@@ -2,16 +2,24 @@
 
 import json
 
+import pytest
+
 from fastv2v.cli import main
 from fastv2v.demo import run_demo
 
 
-def test_demo_writes_videos_and_report(tmp_path):
-    report = run_demo(tmp_path / "demo", frames=3, progress=False)
-    results = json.loads((tmp_path / "demo" / "demo.json").read_text())["results"]
-    assert report.exists() and "| scenes |" in report.read_text()
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """One small demo run (the real one is 48 frames at 128x256) shared by the checks below."""
+    out = tmp_path_factory.mktemp("demo")
+    return run_demo(out, frames=4, size=(32, 64), progress=False).parent
+
+
+def test_demo_writes_videos_and_report(demo):
+    results = json.loads((demo / "demo.json").read_text())["results"]
+    assert "| scenes |" in (demo / "report.md").read_text()
     for r in results:
-        assert (tmp_path / "demo" / r["video"]).stat().st_size > 0 and r["frames"] == 3
+        assert (demo / r["video"]).stat().st_size > 0 and r["frames"] == 4
 
 
 def test_profile_prints_published_figures(capsys):
@@ -28,3 +36,12 @@ def test_prepare_edges_writes_binary_maps(make_video, tmp_path, capsys):
     with open_frames(out) as frames:
         maps = list(frames)
     assert len(maps) == 3 and set(maps[0].ravel().tolist()) <= {0, 255}
+
+
+def test_demo_writes_the_benchmark_report_next_to_videos(demo):
+    for task in ("scenes", "edges"):
+        folder = demo / task
+        report = json.loads((folder / "bench.json").read_text())
+        assert [r["method"] for r in report["results"]][0] == "teacher"
+        assert {"repeat", "reuse"} <= {r["method"] for r in report["results"]}
+        assert (folder / "bench.md").exists() and (folder / "pareto.png").exists()

@@ -1,8 +1,9 @@
 """``fastv2v demo``: the shipped teachers on held-out clips, side by side, with a short report.
 
 Runs each task (synthetic label maps -> street scenes; edge maps of a real clip -> frames) on
-its held-out clip and writes ``<task>_side_by_side.mp4`` (input | output | ground truth) and
-``report.md``. Without shipped weights (a bare checkout before training) it uses a randomly
+its held-out clip and writes ``<task>/side_by_side.mp4`` (input | output | ground truth), the
+benchmark of every registered method on that clip next to it (``<task>/bench.json``,
+``bench.md``, ``pareto.png``) and ``report.md``. Without shipped weights (a bare checkout before training) it uses a randomly
 initialised teacher and says so, so the pipeline itself can still be seen working.
 """
 
@@ -42,15 +43,29 @@ def _visualise_input(task: str, frame: np.ndarray) -> np.ndarray:
     return frame
 
 
-def run_task(task: str, out: Path, *, frames: int = DEMO_FRAMES, progress: bool = True) -> dict:
-    """Translate a task's held-out clip with its teacher; write the side-by-side video."""
+def _bench(task: str, generator, described: str, folder: Path, *, frames: int, size, progress: bool) -> None:
+    """Every registered method against the teacher on the same held-out clip."""
+    import fastv2v.methods  # noqa: F401  (registers every method module)
+    from fastv2v.bench import run_bench, write_report
+    from fastv2v.methods.base import METHODS
+
+    report = run_bench([(f"{task} teacher", generator)], f"{task}:0", methods=tuple(METHODS), frames=frames,
+                       size=size, progress=progress)  # fmt: skip
+    report["command"] = f"fastv2v demo ({described})"
+    write_report(report, folder)
+
+
+def run_task(
+    task: str, out: Path, *, frames: int = DEMO_FRAMES, size=DEMO_SIZE, progress: bool = True, bench: bool = True
+) -> dict:
+    """Translate a task's held-out clip with its teacher; write the side-by-side video and the bench."""
     from fastv2v.data.paired import heldout_clip
     from fastv2v.data.video import open_writer
     from fastv2v.engine.translate import run_stream
     from fastv2v.metrics.quality import MeanMeter, psnr, ssim
 
     generator, described, trained = _teacher(task)
-    clip = heldout_clip(task, 0, height=DEMO_SIZE[0], width=DEMO_SIZE[1], frames=frames)
+    clip = heldout_clip(task, 0, height=size[0], width=size[1], frames=frames)
     targets: queue.Queue = queue.Queue()
     meter = MeanMeter()
 
@@ -59,7 +74,9 @@ def run_task(task: str, out: Path, *, frames: int = DEMO_FRAMES, progress: bool 
             targets.put(target)
             yield x
 
-    video = out / f"{task}_side_by_side.mp4"
+    folder = out / task
+    folder.mkdir(exist_ok=True)
+    video = folder / "side_by_side.mp4"
     start = time.perf_counter()
     with open_writer(video, fps=clip.fps) as writer:
 
@@ -70,14 +87,18 @@ def run_task(task: str, out: Path, *, frames: int = DEMO_FRAMES, progress: bool 
 
         stats = run_stream(generator, inputs(), sink, total=clip.frames, progress=progress, source=clip.name)
     seconds = time.perf_counter() - start
+    if bench:
+        _bench(task, generator, described, folder, frames=frames, size=size, progress=progress)
     return {
         "task": task, "clip": clip.name, "frames": stats.frames, "teacher": described, "trained": trained,
-        "video": video.name, "psnr_vs_ground_truth": meter.mean("psnr"), "ssim_vs_ground_truth": meter.mean("ssim"),
+        "video": f"{task}/{video.name}", "bench": f"{task}/bench.md" if bench else None, "psnr_vs_ground_truth": meter.mean("psnr"), "ssim_vs_ground_truth": meter.mean("ssim"),
         "model_fps": stats.frames / stats.seconds_model, "e2e_fps": stats.frames / seconds,
     }  # fmt: skip
 
 
-def run_demo(out: Path, *, frames: int = DEMO_FRAMES, progress: bool = True) -> Path:
+def run_demo(
+    out: Path, *, frames: int = DEMO_FRAMES, size=DEMO_SIZE, progress: bool = True, bench: bool = True
+) -> Path:
     """Run every task that can run here and write ``report.md``; returns the report's path."""
     out = Path(out)
     try:
@@ -87,29 +108,30 @@ def run_demo(out: Path, *, frames: int = DEMO_FRAMES, progress: bool = True) -> 
     results, skipped = [], []
     for task in ("scenes", "edges"):
         try:
-            results.append(run_task(task, out, frames=frames, progress=progress))
+            results.append(run_task(task, out, frames=frames, size=size, progress=progress, bench=bench))
         except UserError as exc:
             if task == "edges" and "scikit-video" in str(exc):
                 skipped.append(f"edges: {exc}")
                 continue
             raise
     report = out / "report.md"
-    report.write_text(_report_markdown(results, skipped))
+    report.write_text(_report_markdown(results, skipped, size))
     (out / "demo.json").write_text(json.dumps({"results": results, "skipped": skipped}, indent=2))
     for r in results:
         note = "" if r["trained"] else "  (random teacher: see report)"
-        print(f"{r['task']}: {out / r['video']}{note}")
+        print(f"{r['task']}: {out / r['video']}{note}" + (f", benchmark {out / r['bench']}" if r["bench"] else ""))
     for s in skipped:
         print(f"skipped {s}")
     print(f"report: {report}")
     return report
 
 
-def _report_markdown(results: list[dict], skipped: list[str]) -> str:
+def _report_markdown(results: list[dict], skipped: list[str], size) -> str:
     lines = [
         "# fastv2v demo",
         "",
-        f"Held-out clips at {DEMO_SIZE[0]}x{DEMO_SIZE[1]}; each video shows input | output | ground truth.",
+        f"Held-out clips at {size[0]}x{size[1]}; each video shows input | output | ground truth; "
+        "`<task>/bench.md` compares every method with the teacher on the same clip.",
         "",
         "| task | clip | frames | teacher | PSNR to ground truth (dB) | SSIM | model FPS | end-to-end FPS |",
         "|---|---|---|---|---|---|---|---|",
