@@ -45,3 +45,10 @@ def test_demo_writes_the_benchmark_report_next_to_videos(demo):
         assert [r["method"] for r in report["results"]][0] == "teacher"
         assert {"repeat", "reuse"} <= {r["method"] for r in report["results"]}
         assert (folder / "bench.md").exists() and (folder / "pareto.png").exists()
+
+
+def test_profile_method_reports_non_key_ratio(capsys):
+    assert main(["profile", "--arch", "resnet_6blocks", "--size", "32x64", "--ngf", "8", "--method", "shortcut",
+                 "--hidden", "8"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "shortcut non-key frame:" in out and "x paper" in out and "key frame: teacher +" in out

@@ -145,3 +145,16 @@ def test_counts_inside_inference_mode():
     expected = profile(g, torch.randn(1, 3, 16, 16)).macs_exact
     with torch.inference_mode():
         assert profile(g, torch.randn(1, 3, 16, 16)).macs_exact == expected > 0
+
+
+def test_weighted_embedding_bag_is_counted():
+    import torch
+    import torch.nn.functional as F
+
+    from fastv2v.metrics.profile import profile
+
+    weight, idx = torch.randn(50, 8), torch.randint(0, 50, (12,))
+    offsets = torch.arange(0, 12, 4)
+    weighted = profile(lambda: F.embedding_bag(idx, weight, offsets, mode="sum", per_sample_weights=torch.rand(12)))
+    plain = profile(lambda: F.embedding_bag(idx, weight, offsets, mode="sum"))
+    assert weighted.macs_exact == 12 * 8 and plain.macs_exact == 0

@@ -80,8 +80,38 @@ def cmd_profile(args: argparse.Namespace) -> int:
     print(f"{name} (ngf {generator.config['ngf']}, {generator.input_nc}->{generator.output_nc} channels) at {h}x{w}")
     print(f"parameters: {result.params / 1e6:.2f} M")
     print(f"MACs per frame: {_g(result.macs_exact)} exact, {_g(result.macs_paper)} paper")
+    if args.method:
+        _profile_method(args, generator, torch.zeros(1, generator.input_nc, h, w), result)
     print("  exact: true multiply-adds; paper: transposed convs counted at output size (thop/torchprofile, published tables)")
     return 0
+
+
+def _profile_method(args: argparse.Namespace, generator, x, teacher) -> None:
+    """A method's non-key frame (and key-frame extra) against the teacher's frame."""
+    import torch
+
+    import fastv2v.methods  # noqa: F401  (registers every method)
+    from fastv2v.methods.base import METHODS
+    from fastv2v.metrics.profile import profile
+
+    if args.method not in METHODS:
+        raise UserError(f"unknown --method {args.method!r}; use one of {', '.join(sorted(METHODS))}.")
+    kwargs = {"hidden": args.hidden} if args.method == "shortcut" else {}
+    method = METHODS[args.method](generator, **kwargs)
+    path = method.non_key_path()
+    if path is None:
+        raise UserError(f"method {args.method!r} has no separate non-key frame to profile.")
+    nonkey = profile(path, x)
+    block = sum(p.numel() for m in vars(method).values() if isinstance(m, torch.nn.Module) and m is not generator
+                for p in m.parameters())  # fmt: skip
+    print(f"{args.method}: {block / 1e6:.3f} M parameters of its own")
+    print(f"{args.method} non-key frame: {_g(nonkey.macs_exact)} exact, {_g(nonkey.macs_paper)} paper MACs; "
+          f"teacher / non-key = {teacher.macs_exact / nonkey.macs_exact:.2f}x exact, "
+          f"{teacher.macs_paper / nonkey.macs_paper:.2f}x paper")  # fmt: skip
+    extra = getattr(method, "key_frame_extra_path", None)
+    if extra is not None:
+        added = profile(extra(), x)
+        print(f"{args.method} key frame: teacher + {_g(added.macs_exact)} exact, {_g(added.macs_paper)} paper MACs")
 
 
 def _g(macs: int) -> str:
@@ -240,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-nc", type=int, default=3, help="input channels of a fresh --arch (default 3)")
     p.add_argument("--output-nc", type=int, default=3, help="output channels of a fresh --arch (default 3)")
     p.add_argument("--label-nc", type=int, default=0, help="label classes of a fresh label-map --arch")
+    p.add_argument("--method", default=None, help="also profile a method's non-key frame (e.g. shortcut)")
+    p.add_argument("--hidden", type=int, default=64, help="shortcut block hidden width (default 64, the paper's)")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("bench", help="benchmark methods against the teacher: MACs, speed (model and end to end), "

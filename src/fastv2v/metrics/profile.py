@@ -198,6 +198,15 @@ def _per_output(macs: int):
     return cost
 
 
+def _embedding_bag(args, kwargs, out):
+    # (weight, indices, offsets, scale_grad, mode, sparse, per_sample_weights, ...): a weighted
+    # sum of gathered rows is one multiply-add per gathered value; an unweighted sum or mean none.
+    weight, indices = args[0], args[1]
+    weighted = len(args) > 6 and args[6] is not None or kwargs.get("per_sample_weights") is not None
+    n = indices.numel() * weight.shape[1] if weighted else 0
+    return n, n
+
+
 def _cudnn_grid_sample(args, kwargs, out):  # cudnn only implements bilinear 2-D
     return out.numel() * 4, out.numel() * 4
 
@@ -222,6 +231,8 @@ _COSTS: dict[str, Callable[..., tuple[int, int] | None]] = {
     "aten._scaled_dot_product_flash_attention": _sdpa,
     "aten._scaled_dot_product_efficient_attention": _sdpa,
     "aten._scaled_dot_product_cudnn_attention": _sdpa,
+    "aten._embedding_bag": _embedding_bag,
+    "aten._embedding_bag_forward_only": _embedding_bag,
     "aten.grid_sampler_2d": _grid_sample,
     "aten.grid_sampler_3d": _grid_sample,
     "aten._grid_sampler_2d_cpu_fallback": _grid_sample,
