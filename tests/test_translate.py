@@ -147,3 +147,19 @@ def test_console_script_prints_no_traceback(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "does not exist" in result.stderr
+
+
+@pytest.mark.parametrize("method", ["sparse", "repeat"])
+def test_online_methods_through_translate(method, teacher, make_video, tmp_path, capsys):
+    out = tmp_path / "frames"
+    code, _, _ = run(["translate", make_video(frames=4), out, "--model", teacher, "--quiet", "--method", method,
+                      "--interval", "2"], capsys)  # fmt: skip
+    assert code == 0
+    with open_frames(out) as frames:
+        assert len(list(frames)) == 4
+
+
+def test_method_needing_a_bundle_says_so(teacher, make_video, tmp_path, capsys):
+    code, _, err = run(["translate", make_video(frames=2), tmp_path / "o.mp4", "--model", teacher, "--quiet",
+                        "--method", "shortcut"], capsys)  # fmt: skip
+    assert code == 2 and "needs a trained shortcut model file" in err

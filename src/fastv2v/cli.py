@@ -46,8 +46,9 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
     config = {} if args.label_nc is None else {"label_nc": args.label_nc}
     generator = load_generator(args.model, arch=args.arch, **config)
+    runner = _online_method(args, generator)
     report = translate(
-        generator, args.input, args.output, device=args.device, dtype=args.dtype, batch=args.batch,
+        generator, args.input, args.output, runner=runner, device=args.device, dtype=args.dtype, batch=args.batch,
         size=args.size, resize_mode=args.resize, progress=not args.quiet,
     )  # fmt: skip
     print(report.summary())
@@ -57,6 +58,24 @@ def cmd_translate(args: argparse.Namespace) -> int:
             f"{report.frames} (the {report.frames} that decoded are in {args.output}); re-encode or re-copy the file."
         )
     return 0
+
+
+def _online_method(args: argparse.Namespace, generator):
+    """The method ``--method`` names, built on the loaded teacher (None: the teacher itself)."""
+    import fastv2v.methods  # noqa: F401  (registers every method)
+    from fastv2v.methods.base import METHODS
+
+    if args.method == "teacher":
+        return None
+    if args.method not in METHODS:
+        raise UserError(f"unknown --method {args.method!r}; use one of {', '.join(sorted(METHODS))}.")
+    cls = METHODS[args.method]
+    if cls.model_kind is not None:
+        raise UserError(f"--method {args.method} needs a trained {cls.model_kind} model file, not the generator "
+                        f"{args.model}; pass that file with --model.")  # fmt: skip
+    if args.method == "sparse":
+        return cls(generator, max_interval=args.interval or 8, threshold=args.threshold)
+    return cls(generator, args.interval or 3)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -212,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output: .mp4/.mov/.mkv video, a folder (lossless PNG frames) or an image")
     _add_model_options(p)
     _add_runtime_options(p)
+    p.add_argument("--method", default="teacher", help="teacher (every frame, default), sparse (recompute only "
+                   "changed tiles), repeat or reuse (naive baselines)")  # fmt: skip
+    p.add_argument("--interval", type=int, default=None, help="key-frame interval (repeat/reuse, default 3) or "
+                   "maximum interval between full passes (sparse, default 8)")  # fmt: skip
+    p.add_argument("--threshold", type=float, default=0.0, help="sparse: input change below this (in [-1, 1] "
+                   "units) counts as unchanged (default 0: exact change tracking)")  # fmt: skip
     p.set_defaults(func=cmd_translate)
 
     prepare = sub.add_parser("prepare", help="preprocess raw videos into model inputs").add_subparsers(

@@ -1,7 +1,7 @@
 """Methods: what stands in for the teacher on a non-key frame. Importing this package registers
 every method under its ``bench.json`` name in :data:`fastv2v.methods.base.METHODS`."""
 
-from fastv2v.methods import shortcut  # noqa: F401  (registers "shortcut")
+from fastv2v.methods import shortcut, sparse  # noqa: F401  (register "shortcut" and "sparse")
 from fastv2v.methods.base import METHODS, OnlineMethod, register, run_online
 
 __all__ = ["METHODS", "OnlineMethod", "register", "run_online"]
