@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TASKS = ("scenes", "edges")
 #: Methods of the headline table, in row order (the teacher is always first).
-HEADLINE_METHODS = ("teacher", "repeat", "reuse")
+HEADLINE_METHODS = ("teacher", "repeat", "reuse", "sparse")
 HEADLINE_INTERVALS = (2, 3, 4)
 HEADLINE_SIZE = (128, 256)  # the shipped teachers' training size
 HEADLINE_FRAMES = 60
@@ -174,6 +174,12 @@ def results_page(reports: dict, skipped: list[str], command: str, base: Path, *,
         if "png" in paths:
             lines += [f"![{task}: cost against PSNR to the teacher]({os.path.relpath(paths['png'], base)})", ""]
         lines.append(f"Raw numbers: [{os.path.relpath(paths['json'], base)}]({os.path.relpath(paths['json'], base)})")
+    curve = HERE / "results" / "sparse_curve.md"
+    if not quick and curve.exists():  # written by benchmarks/sparse_curve.py (fixed camera, 256x512)
+        lines += ["", "## Sparse incremental inference: speed-up against changed area", "",
+                  f"From `python benchmarks/sparse_curve.py` (its own command and machine are in the file):", ""]
+        lines += [ln for ln in curve.read_text().splitlines() if not ln.startswith("# ")]
+        lines = [ln.replace("](sparse_curve", "](results/sparse_curve") for ln in lines]
     if skipped:
         lines += ["", "## Skipped", ""] + [f"- {s}" for s in skipped]
     return "\n".join(lines) + "\n"
