@@ -209,23 +209,10 @@ class VGGPerceptualLoss(nn.Module):
 
 def _read_vgg19_weights(path: Path, features: nn.Sequential) -> dict[str, torch.Tensor]:
     """The ``features`` part of a torchvision VGG-19 weights file, checked key by key."""
-    what = "torchvision's VGG-19 ImageNet weights (vgg19-dcbb9e9d.pth)"
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; pass the local path of {what}, or turn the VGG loss off.")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from fastv2v.metrics.perceptual import load_state_dict
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path} could not be read ({type(exc).__name__}); pass {what}.") from None
-    if not isinstance(state, dict):
-        raise UserError(f"{path} holds a {type(state).__name__}, not a state dict; pass {what}.")
-    if "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    state = {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
+    what = "torchvision's VGG-19 ImageNet weights (vgg19-dcbb9e9d.pth)"
+    state = load_state_dict(path, what)
     if any(k.startswith("features.") for k in state):
         state = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
     expected = features.state_dict()
