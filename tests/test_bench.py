@@ -198,3 +198,22 @@ def test_headline_script_quick_run(tmp_path, capsys):
     page = (tmp_path / "RESULTS.md").read_text()
     assert "RANDOM teachers" in page and "| repeat | 4 |" in page and "](results/scenes/pareto.png)" in page
     assert {p.name for p in (out / "scenes").iterdir()} == {"bench.json", "bench.md", "pareto.png"}
+
+
+def test_perceptual_columns_are_null_with_a_reason_without_files(scenes_report):
+    for row in scenes_report["results"]:
+        assert row["lpips_vs_teacher"] is None and "LPIPS unavailable" in row["notes"]["lpips_vs_teacher"]
+        assert row["fid_vs_gt"] is None and "FID unavailable" in row["notes"]["fid_vs_gt"]
+
+
+def test_lpips_column_from_a_local_file(scenes_teacher, tmp_path):
+    from torchvision.models import alexnet
+
+    torch.manual_seed(0)
+    backbone = tmp_path / "alexnet.pth"
+    torch.save({f"features.{k}": v for k, v in alexnet(weights=None).features.state_dict().items()}, backbone)
+    report = run_bench(scenes_teacher, "scenes", methods="teacher,repeat", size=(64, 64), frames=4, intervals=[2],
+                       threads=1, e2e=False, lpips_weights=backbone)  # fmt: skip
+    teacher, repeat = report["results"]
+    assert teacher["lpips_vs_teacher"] == pytest.approx(0.0, abs=1e-6)
+    assert repeat["lpips_vs_teacher"] > 0

@@ -178,7 +178,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = run_bench(
         args.model, args.input, methods=args.methods, intervals=args.intervals, dtype=args.dtype, size=args.size,
         frames=args.frames, device=args.device, threads=args.threads, e2e=not args.no_e2e, repeats=args.repeats,
-        progress=not args.quiet,
+        progress=not args.quiet, fid_weights=args.fid_weights, lpips_weights=args.lpips_weights,
+        lpips_backbone=args.lpips_backbone,
     )  # fmt: skip
     report["command"] = _bench_command(args)
     paths = write_report(report, args.out)
@@ -316,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads for every method (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=1, help="timed passes per method; the median is reported (default 1)")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end (decode + model + encode) pass")
+    p.add_argument("--fid-weights", default=None, help="local Inception-v3 weights for FID (never downloaded)")
+    p.add_argument("--lpips-weights", default=None, help="local LPIPS weights (the lpips package's alex.pth heads)")
+    p.add_argument("--lpips-backbone", default=None, help="local torchvision AlexNet weights for LPIPS")
     p.add_argument("--out", required=True, help="folder for bench.json, bench.md and pareto.png")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_bench)

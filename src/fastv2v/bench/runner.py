@@ -530,6 +530,9 @@ def run_bench(
     e2e: bool = True,
     repeats: int = 1,
     progress: bool = False,
+    fid_weights: str | os.PathLike | None = None,
+    lpips_weights: str | os.PathLike | None = None,
+    lpips_backbone: str | os.PathLike | None = None,
 ) -> dict:
     """Benchmark ``methods`` of each model on the first ``frames`` frames of ``input``.
 
@@ -539,7 +542,8 @@ def run_bench(
     ``size``: model resolution (HxW; task clips are rendered at it, default 128x256).
     ``threads``: torch threads for the whole run (restored afterwards). ``repeats``: timed passes
     per method (model only and end to end); the median is reported, every pass is kept in
-    ``*_runs`` so the spread is visible.
+    ``*_runs`` so the spread is visible. ``fid_weights`` / ``lpips_weights`` (+ ``lpips_backbone``):
+    local weight files for the FID and LPIPS columns (null with a reason without them).
     Returns the report as a JSON-ready dict (see ``bench.json``); :func:`write_report` writes it.
     """
     from fastv2v.engine.translate import DTYPES, resolve_device
@@ -561,6 +565,9 @@ def run_bench(
     if not models:
         raise UserError("no --model given; pass at least one model file.")
     entries = [load_model(m, dev) for m in models]
+    from fastv2v.bench.perceptual import PerceptualColumns
+
+    perceptual = PerceptualColumns(fid_weights, lpips_weights, lpips_backbone)
     for entry in entries:  # before any work: a mismatch is the user's to fix, not a run to waste
         takes_labels = entry.teacher.input_kind == "labels"
         if inp.labels is not None and inp.labels != takes_labels:
@@ -587,7 +594,7 @@ def run_bench(
                 inp.write_source(folder / "source")
             for entry in entries:
                 _bench_model(entry, inp, runs_for(names, steps), size, dev, dtype, e2e, repeats, folder, report,
-                             progress)  # fmt: skip
+                             progress, perceptual)  # fmt: skip
         report["teacher_macs"] = report["models"][0]["teacher_macs"] if report["models"] else None
         return clean(report)
     finally:
@@ -630,7 +637,7 @@ def runs_for(names: Sequence[str], steps: Sequence[int]) -> list[tuple[str, int 
 
 
 def _bench_model(
-    entry: ModelEntry, inp: BenchInput, runs, size, dev, dtype, e2e, repeats, folder, report, progress
+    entry: ModelEntry, inp: BenchInput, runs, size, dev, dtype, e2e, repeats, folder, report, progress, perceptual
 ) -> None:
     """Benchmark every run of one model; rows and skips are appended to ``report``."""
     from fastv2v.data.resize import Resizer
@@ -712,6 +719,9 @@ def _bench_model(
             notes["psnr_vs_teacher"] = "the teacher is the reference (its PSNR to itself is infinite)"
         row.update(_fidelity(outs, targets, keys, "vs_gt", notes, nonkey=False))
         row.update(_temporal(outs, motion, teacher_outs, targets, notes))
+        values, reasons = perceptual.row(outs, teacher_outs, targets)
+        row.update(values)
+        notes.update(reasons)
         row["peak_mem_mb"] = max(peaks) if peaks else None
         if not peaks:
             notes["peak_mem_mb"] = passes[0][3].reason
