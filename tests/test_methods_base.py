@@ -7,6 +7,8 @@ from fastv2v import UserError
 from fastv2v.generators import ResnetGenerator
 from fastv2v.methods.base import METHODS, FixedInterval, Repeat, Reuse, Teacher, run_online
 
+from conftest import assert_videos_do_not_mix
+
 
 @pytest.fixture(scope="module")
 def teacher():
@@ -41,19 +43,7 @@ def test_repeat_repeats_and_reuse_equals_it_for_tail_only_generators(teacher):
 
 
 def test_two_interleaved_videos_do_not_mix(teacher):
-    method = Repeat(teacher, interval=2)
-    a, b = frames(4, 3), frames(4, 4)
-    with torch.no_grad():
-        alone_a = [y for y, _ in run_online(method, a)]
-        alone_b = [y for y, _ in run_online(method, b)]
-        sa, sb, mixed_a, mixed_b = method.init_state(), method.init_state(), [], []
-        for xa, xb in zip(a, b):
-            ya, sa, _ = method.step(xa, sa)
-            yb, sb, _ = method.step(xb, sb)
-            mixed_a.append(ya)
-            mixed_b.append(yb)
-    assert all(torch.equal(p, q) for p, q in zip(alone_a, mixed_a))
-    assert all(torch.equal(p, q) for p, q in zip(alone_b, mixed_b))
+    assert_videos_do_not_mix(Repeat(teacher, interval=2), frames(4, 3), frames(4, 4))
 
 
 def test_teacher_method_is_every_frame(teacher):

@@ -12,6 +12,8 @@ from fastv2v.methods.base import METHODS, run_online
 from fastv2v.methods.shortcut import HetConv, ShortcutBlock, ShortcutMethod
 from fastv2v.metrics.profile import profile
 
+from conftest import assert_videos_do_not_mix
+
 C, HID = 16, 8
 
 
@@ -240,18 +242,7 @@ def test_non_key_frame_is_tail_of_block(method, teacher):
 
 
 def test_two_interleaved_videos_do_not_mix(method):
-    a, b = frames(5, 3), frames(5, 4)
-    with torch.no_grad():
-        alone_a = [y for y, _ in run_online(method, a)]
-        alone_b = [y for y, _ in run_online(method, b)]
-        sa, sb, mixed_a, mixed_b = method.init_state(), method.init_state(), [], []
-        for xa, xb in zip(a, b):
-            ya, sa, _ = method.step(xa, sa)
-            yb, sb, _ = method.step(xb, sb)
-            mixed_a.append(ya)
-            mixed_b.append(yb)
-    assert all(torch.equal(p, q) for p, q in zip(alone_a, mixed_a))
-    assert all(torch.equal(p, q) for p, q in zip(alone_b, mixed_b))
+    assert_videos_do_not_mix(method, frames(5, 3), frames(5, 4))
 
 
 def test_default_block_is_sized_for_the_teacher(teacher):

@@ -16,6 +16,8 @@ from fastv2v.methods.sparse import SparseMethod
 from fastv2v.methods.sparse_engine import SparseRunner, run_frozen
 from fastv2v.metrics.profile import profile
 
+from conftest import assert_videos_do_not_mix
+
 TOL = 1e-4
 
 
@@ -187,23 +189,7 @@ def test_two_interleaved_videos_do_not_mix():
     a = [_edit(base_a, slice(i, i + 3), slice(2, 6)) for i in range(5)]
     b = [_edit(base_b, slice(20, 24), slice(i, i + 5)) for i in range(5)]
 
-    def alone(frames):
-        state, out = method.init_state(), []
-        for f in frames:
-            y, state, _ = method.step(f, state)
-            out.append(y)
-        return out
-
-    with torch.no_grad():
-        alone_a, alone_b = alone(a), alone(b)
-        sa, sb, mixed_a, mixed_b = method.init_state(), method.init_state(), [], []
-        for fa, fb in zip(a, b):
-            ya, sa, _ = method.step(fa, sa)
-            yb, sb, _ = method.step(fb, sb)
-            mixed_a.append(ya)
-            mixed_b.append(yb)
-    assert all(torch.equal(p, q) for p, q in zip(alone_a, mixed_a))
-    assert all(torch.equal(p, q) for p, q in zip(alone_b, mixed_b))
+    assert_videos_do_not_mix(method, a, b)
 
 
 @pytest.mark.parametrize("part", ["all", "body"])
