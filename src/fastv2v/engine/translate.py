@@ -11,7 +11,7 @@ import contextlib
 import itertools
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -38,7 +38,6 @@ class TranslateReport:
     input_size: tuple[int, int]
     model_size: tuple[int, int]
     fps: Any
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def e2e_fps(self) -> float:
@@ -86,21 +85,6 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-class TeacherRunner:
-    """The baseline method: the whole generator on every frame (stateless, so it batches)."""
-
-    name = "teacher"
-
-    def __init__(self, generator: SplitGenerator):
-        self.generator = generator
-
-    def init_state(self) -> None:
-        return None
-
-    def __call__(self, x: torch.Tensor, state: None) -> tuple[torch.Tensor, None]:
-        return self.generator(x), state
-
-
 @dataclass
 class StreamStats:
     frames: int = 0
@@ -131,7 +115,10 @@ def run_stream(
     if batch < 1:
         raise UserError(f"--batch must be at least 1, not {batch}.")
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    runner = runner or TeacherRunner(generator)
+    if runner is None:
+        from fastv2v.methods.base import Teacher
+
+        runner = Teacher(generator)
     labels = generator.input_kind == "labels"
     stats = StreamStats()
     state = runner.init_state()
