@@ -32,6 +32,8 @@ benchmarked without any change here. What the bench reads from a method class (a
   the method (the teacher and any extra block) are counted once each.
 * ``non_key_path()``: used for the MACs of one non-key frame only when the run cannot
   attribute cost to frames (``push`` methods).
+* ``bench_notes() -> {field: reason}``: the method's own caveats, added to the row's ``notes``
+  (e.g. work done outside torch, which the MAC counter cannot see).
 """
 
 from __future__ import annotations
@@ -725,6 +727,8 @@ def _bench_model(
         row["peak_mem_mb"] = max(peaks) if peaks else None
         if not peaks:
             notes["peak_mem_mb"] = passes[0][3].reason
+        for field_name, reason in (method.bench_notes() if hasattr(method, "bench_notes") else {}).items():
+            notes.setdefault(field_name, reason)  # the method's own caveats (e.g. work the MAC counter cannot see)
         row["notes"] = dict(notes)
         report["results"].append(row)
         del method, buffer, outs

@@ -71,6 +71,8 @@ class FrameSource:
 
     info: VideoInfo
     frames_lost: int = 0
+    #: presentation time (seconds) of the frame last yielded, None where the source has none
+    frame_time: float | None = None
 
     def __iter__(self) -> Iterator[np.ndarray]:
         raise NotImplementedError
@@ -296,6 +298,7 @@ class _VideoSource(FrameSource):
             if turns:
                 rgb = np.ascontiguousarray(np.rot90(rgb, turns))
             decoded += 1
+            self.frame_time = float(frame.time) if frame.time is not None else None
             yield rgb
         expected = self.info.frames or 0
         lost = max(0, expected - decoded)

@@ -2,6 +2,7 @@
 every method under its ``bench.json`` name in :data:`fastv2v.methods.base.METHODS`."""
 
 from fastv2v.methods import shortcut, sparse  # noqa: F401  (register "shortcut" and "sparse")
+from fastv2v.methods import interpolate  # noqa: F401  (register "interp" and "minterpolate")
 from fastv2v.methods.base import METHODS, OnlineMethod, register, run_online
 
 __all__ = ["METHODS", "OnlineMethod", "register", "run_online"]

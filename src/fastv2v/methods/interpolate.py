@@ -1,0 +1,474 @@
+"""Interpolation between key-frame outputs (Fast-Vid2Vid's temporal half): ``interp`` and
+``minterpolate``.
+
+Key frames (chosen by a schedule, :mod:`fastv2v.methods.keyframes`) run the teacher, so their
+outputs are the teacher's, bit for bit. A frame ``i`` between key frames ``k0 < k1`` is made from
+the two key outputs at its true position ``t = (i - k0) / (k1 - k0)``, which stays right when key
+frames are unevenly spaced (the released Fast-Vid2Vid code feeds the key outputs to FFmpeg as an
+evenly spaced stream, so an uneven gap puts its in-between frames at the wrong times).
+
+These methods need the next key frame before they can output the frames before it, so they are
+*buffered*: ``push(x, state) -> (ready, state)`` and ``flush(state) -> ready``, where ``ready`` is
+a list of ``(y, key)`` in frame order (the protocol of :mod:`fastv2v.bench.runner` and of the
+streaming engine). At most one key gap of frames (plus the schedule's look-ahead) is held; the
+last frame of a clip becomes a key frame at ``flush``. ``step`` does not exist for them.
+
+* ``minterpolate``: FFmpeg's ``minterpolate`` filter (``mi_mode=mci:mc_mode=obmc:me=epzs``,
+  FFmpeg's other defaults, including its scene-change detection; the paper's baseline) through
+  PyAV's filter graph: per key gap a fresh graph gets the two key outputs as frames at
+  ``pts = 0`` and ``pts = k1 - k0`` (time base 1 s, so one "second" is one frame) and ``fps=1``,
+  so FFmpeg's own output grid is exactly the frames in between, each with
+  ``alpha = (i - k0) / (k1 - k0)`` computed by the filter from those timestamps. The filter emits
+  the frames up to a key frame only once it has seen the frame after it, so the second key
+  output is pushed once more at ``pts = 2 (k1 - k0)`` (only its arrival matters; it is not used
+  for the gap's motion with the default bilateral motion estimation). The filter works in
+  YUV 4:4:4 (it takes no RGB), which costs about 0.4 grey levels of rounding on the in-between
+  frames; key frames never pass through it.
+* ``interp``: the project's own, bidirectional optical flow (OpenCV DIS, :mod:`fastv2v.flow`),
+  backward warping of both key outputs to the frame, and blending weights from the temporal
+  distance and forward-backward consistency (:func:`fastv2v.flow.occlusion_mask`). See
+  :class:`Interp` for the flow it uses.
+
+MACs: the teacher on key frames is counted by the bench's op-level counter like any method; the
+warps of ``interp`` run as ``grid_sample`` and are counted (4 MACs per output value). Optical
+flow (OpenCV DIS) and FFmpeg's motion estimation are not torch ops, so they count 0 MACs; their
+time is measured (``cost()``, and a ``macs_uncounted`` note in the bench report).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastv2v.errors import UserError
+from fastv2v.generators.base import SplitGenerator
+from fastv2v.methods.base import OnlineMethod, register
+from fastv2v.methods.keyframes import lookahead_of, parse_keyframes
+
+__all__ = [
+    "BufferedState", "Interp", "KeyframeInterpolation", "MInterpolate", "keep_zero_motion", "minterpolate_frames",
+]
+
+#: Safety bound on frames held for a schedule without a maximum gap of its own.
+MAX_BUFFER = 64
+
+
+@dataclass
+class _Frame:
+    index: int
+    x: torch.Tensor  # model input (kept in case the frame becomes a key frame at the end)
+    picture: np.ndarray  # HxWx3 uint8 RGB picture of the input, or HxW int32 label map
+
+
+@dataclass
+class _Key:
+    index: int
+    y: torch.Tensor  # the teacher's output (1 x C x H x W)
+    picture: np.ndarray  # the input's picture
+    output: np.ndarray  # the output as HxWxC uint8
+
+
+@dataclass
+class BufferedState:
+    """Per-video state of a buffered method: what waits for a decision or for the next key."""
+
+    index: int = 0  # frames pushed
+    schedule: Any = None  # the schedule's own state
+    undecided: list[_Frame] = field(default_factory=list)  # waiting for the schedule
+    pending: list[_Frame] = field(default_factory=list)  # non-key, waiting for the next key frame
+    key: _Key | None = None  # the last key frame
+
+    @property
+    def held(self) -> int:
+        return len(self.undecided) + len(self.pending)
+
+
+def _u8(y: torch.Tensor) -> np.ndarray:
+    """A model output (1 x C x H x W in [-1, 1]) as HxWxC uint8, as ``decode_output`` rounds it."""
+    return SplitGenerator.decode_output(y)[0].cpu().numpy()
+
+
+def _from_u8(image: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """HxWxC uint8 back to a model output that ``decode_output`` turns into the same bytes."""
+    t = torch.from_numpy(np.ascontiguousarray(image)).to(like.device).permute(2, 0, 1)[None].float()
+    return (t / 127.5 - 1.0).to(like.dtype)
+
+
+class KeyframeInterpolation(OnlineMethod):
+    """Base of the buffered methods: key frames run the teacher, the frames between are
+    interpolated by :meth:`interpolate`. ``interval``: the fixed key gap (``fixed:interval``)
+    unless ``keyframes`` names another schedule (``"peaks"``, a schedule object, ...)."""
+
+    name = "keyframe-interpolation"
+    uses_interval = True
+    buffered = True
+    #: what the interpolation between key frames costs outside torch (for the note)
+    uncounted = ""
+
+    def __init__(self, teacher: SplitGenerator, interval: int = 4, keyframes: Any = None,
+                 max_buffer: int = MAX_BUFFER):  # fmt: skip
+        super().__init__(teacher, interval)
+        self.keyframes = parse_keyframes(keyframes, interval)
+        self.max_buffer = int(max_buffer)
+        self.labels = teacher.input_kind == "labels"
+        self._cost = {"frames": 0, "seconds": 0.0}
+
+    # -- what the engine and the bench read ----------------------------------------------------
+
+    @property
+    def max_latency(self) -> int:
+        """The most frames held back before their output is ready (the added latency)."""
+        gap = getattr(self.keyframes, "max_gap", None)
+        if not gap:
+            return self.max_buffer
+        return min(self.max_buffer, gap - 1 + lookahead_of(self.keyframes))
+
+    @property
+    def min_frames(self) -> int:
+        """The shortest clip this schedule is meant for (one whole key gap)."""
+        return int(getattr(self.keyframes, "min_frames", 2) or 2)
+
+    def describe(self) -> dict[str, Any]:
+        return {"keyframes": getattr(self.keyframes, "spec", repr(self.keyframes)), "max_latency": self.max_latency}
+
+    def cost(self) -> dict[str, float]:
+        """Time spent outside torch on in-between frames so far (all runs of this object)."""
+        n = self._cost["frames"]
+        seconds = self._cost["seconds"]
+        return {"frames": n, "seconds": seconds, "ms_per_frame": 1000 * seconds / n if n else 0.0}
+
+    def bench_notes(self) -> dict[str, str]:
+        c = self.cost()
+        timing = f"; measured {c['ms_per_frame']:.2f} ms per in-between frame here" if c["frames"] else ""
+        return {"macs_uncounted": f"{self.uncounted}: not torch ops, so counted as 0 MACs{timing}"}
+
+    def non_key_path(self):
+        """The torch work of one in-between frame from scratch references (for MAC profiling)."""
+
+        def run(x: torch.Tensor):
+            # stand-in key outputs (zeros, output-sized): only the in-between frame's own work runs
+            y = torch.zeros(1, self.teacher.output_nc, *x.shape[-2:], device=x.device)
+            picture = self._picture(x)
+            k0, k1 = _Key(0, y, picture, _u8(y)), _Key(2, y, picture, _u8(y))
+            return self.interpolate(k0, k1, [_Frame(1, x, picture)], [0.5])
+
+        return run
+
+    # -- the buffered protocol -----------------------------------------------------------------
+
+    def init_state(self) -> BufferedState:
+        return BufferedState(schedule=self.keyframes.init_state())
+
+    def step(self, x, state):
+        raise TypeError(f"{self.name} needs the next key frame: drive it with push(x, state) and flush(state)")
+
+    def __call__(self, x, state):
+        raise TypeError(f"{self.name} needs the next key frame: drive it with push(x, state) and flush(state)")
+
+    def push(self, x: torch.Tensor, state: BufferedState) -> tuple[list[tuple[torch.Tensor, bool]], BufferedState]:
+        """Take one frame (1 x C x H x W model input); return the outputs now ready, in order."""
+        if x.shape[0] != 1:
+            raise ValueError(f"{self.name}.push takes one frame at a time, got a batch of {x.shape[0]}")
+        picture = self._picture(x)
+        decisions, sched = self.keyframes.push(picture, state.schedule)
+        s = BufferedState(state.index + 1, sched, state.undecided + [_Frame(state.index, x, picture)],
+                          list(state.pending), state.key)  # fmt: skip
+        ready = self._apply(s, decisions)
+        if s.held > self.max_buffer:  # a schedule without a bound of its own
+            if not s.pending:
+                raise RuntimeError(f"{self.keyframes!r} looks further ahead than max_buffer={self.max_buffer} frames")
+            ready += self._close(s, s.pending.pop())  # the last frame waiting becomes a key frame
+        return ready, s
+
+    def flush(self, state: BufferedState) -> list[tuple[torch.Tensor, bool]]:
+        """The outputs of every frame still held; the last frame of the clip becomes a key frame."""
+        s = BufferedState(state.index, state.schedule, list(state.undecided), list(state.pending), state.key)
+        ready = self._apply(s, self.keyframes.flush(s.schedule))
+        if s.undecided:  # a schedule that left frames undecided: they are not key frames
+            s.pending += s.undecided
+            s.undecided = []
+        if s.pending:
+            last = s.pending.pop()
+            ready += self._close(s, last)
+        return ready
+
+    def _apply(self, s: BufferedState, decisions: list[bool]) -> list[tuple[torch.Tensor, bool]]:
+        if len(decisions) > len(s.undecided):
+            raise RuntimeError(f"{self.keyframes!r} decided {len(decisions)} frames but only {len(s.undecided)} wait")
+        ready = []
+        for key in decisions:
+            frame = s.undecided.pop(0)
+            if key or s.key is None:  # the first frame is always a key frame
+                ready += self._close(s, frame)
+            else:
+                s.pending.append(frame)
+        return ready
+
+    def _close(self, s: BufferedState, frame: _Frame) -> list[tuple[torch.Tensor, bool]]:
+        """Run the teacher on ``frame`` (a key frame), then interpolate the frames before it."""
+        y = self.teacher(frame.x)  # the same call as the teacher method: bit-identical output
+        key = _Key(frame.index, y, frame.picture, _u8(y))
+        out: list[tuple[torch.Tensor, bool]] = []
+        if s.pending:
+            k0 = s.key
+            span = key.index - k0.index
+            ts = [(p.index - k0.index) / span for p in s.pending]
+            out = [(yi, False) for yi in self._timed(k0, key, s.pending, ts)]
+        s.pending = []
+        s.key = key
+        out.append((y, True))
+        return out
+
+    def _timed(self, k0: _Key, k1: _Key, frames: list[_Frame], ts: list[float]) -> list[torch.Tensor]:
+        tick = time.perf_counter()
+        ys = self.interpolate(k0, k1, frames, ts)
+        self._cost["seconds"] += time.perf_counter() - tick
+        self._cost["frames"] += len(frames)
+        return ys
+
+    def interpolate(self, k0: _Key, k1: _Key, frames: list[_Frame], ts: list[float]) -> list[torch.Tensor]:
+        """Outputs of ``frames`` (between key frames ``k0`` and ``k1``) at positions ``ts`` in (0, 1)."""
+        raise NotImplementedError
+
+    # -- pictures ------------------------------------------------------------------------------
+
+    def _picture(self, x: torch.Tensor) -> np.ndarray:
+        """The input as the schedule and the flow see it: RGB uint8, or a label map."""
+        if self.labels:
+            return x[0, : self.teacher.label_nc].argmax(0).to(torch.int32).cpu().numpy()
+        u8 = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        if u8.shape[2] == 1:
+            return np.repeat(u8, 3, axis=2)
+        return np.ascontiguousarray(u8[..., :3])
+
+
+# ---------------------------------------------------------------------------------------------
+# interp: optical flow
+
+
+def keep_zero_motion(a: np.ndarray, b: np.ndarray, flow: np.ndarray, margin: float = 3.0,
+                     sigma: float = 1.5) -> np.ndarray:  # fmt: skip
+    """``flow`` (from ``a`` to ``b``) set to zero wherever zero motion explains ``a`` from ``b`` as
+    well as the flow does, within ``margin`` grey levels: ``|a - b| <= |a - warp(b, flow)| +
+    margin``, both residuals averaged over channels and smoothed (Gaussian, ``sigma`` pixels).
+
+    DIS reports small motions in flat or flickering regions (a generator's output "boils" from
+    frame to frame); warping by them resamples, and so blurs, pixels that did not move. Keeping
+    zero motion unless the data ask for more is what a block matcher does with its zero-vector
+    bias; on the shipped clips it raised the in-between SSIM by 0.04-0.07 and PSNR by 0.1-1.2 dB.
+    """
+    import cv2
+
+    from fastv2v.flow import warp
+
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    still, moved = cv2.absdiff(a32, b32), cv2.absdiff(a32, warp(b32, flow))
+    if still.ndim == 3 and still.shape[2] > 1:  # mean over channels (cv2.transform: much faster than numpy)
+        mean = np.full((1, still.shape[2]), 1.0 / still.shape[2], np.float32)
+        still, moved = cv2.transform(still, mean), cv2.transform(moved, mean)
+    still, moved = cv2.GaussianBlur(still, (0, 0), sigma), cv2.GaussianBlur(moved, (0, 0), sigma)
+    if still.ndim == 3:
+        still, moved = still[..., 0], moved[..., 0]
+    out = flow.copy()
+    out[still <= moved + margin] = 0
+    return out
+
+
+@register
+class Interp(KeyframeInterpolation):
+    """Optical-flow interpolation between key-frame outputs (the project's own).
+
+    Which flow (``flow``):
+
+    * ``"direct"`` (default for picture inputs): every frame's input is available, so the flow is
+      measured from the frame itself to each key frame's input, ``F_t0 = flow(x_t, x_k0)`` and
+      ``F_t1 = flow(x_t, x_k1)``: the warp ``y_k0(p + F_t0(p))`` needs no assumption about how
+      things moved in between (no linear-motion model), and occlusion is checked where it
+      matters, on the frame's own pixels: ``occlusion_mask(F_t0, flow(x_k0, x_t))`` says which of
+      its pixels key frame ``k0`` sees. Four DIS flows per in-between frame.
+    * ``"keys"``: the flow between the two key frames only (two flows per gap), taken to time ``t``
+      assuming linear motion (``F_t0 = -(1-t) t F_01 + t^2 F_10``, ``F_t1 = (1-t)^2 F_01 - t(1-t)
+      F_10``, Super SloMo's approximation), with the forward-backward masks of the key frames
+      carried along. Measured on the inputs when they are pictures (``source="input"``), on the
+      outputs otherwise (label maps: ``source="output"``, the only choice: flow on the label
+      maps themselves measured 0.1-0.8 dB worse than on the outputs).
+    * ``"none"``: no motion at all, a cross-fade of the two key outputs (a baseline).
+
+    Every flow keeps zero motion where zero motion explains the frames as well, within
+    ``zero_margin`` grey levels (:func:`keep_zero_motion`; None: off).
+
+    Blending: ``w0 = (1-t) v0``, ``w1 = t v1`` with ``v`` the visibility (1 where the flow is
+    forward-backward consistent, softened over 3x3 pixels), ``y = (w0 warp0 + w1 warp1) /
+    (w0 + w1)``; where neither key frame sees a pixel (both weights ~0) the temporal weights
+    ``(1-t, t)`` alone blend the two warps, which is the best guess left.
+    """
+
+    name = "interp"
+
+    @property
+    def uncounted(self) -> str:
+        return {"direct": "optical flow (OpenCV DIS, 4 flows per in-between frame) and blending",
+                "keys": "optical flow (OpenCV DIS, 2 flows per key gap) and blending",
+                "none": "the cross-fade"}[self.flow]  # fmt: skip
+
+    def __init__(self, teacher: SplitGenerator, interval: int = 4, keyframes: Any = None, *,
+                 flow: str = "auto", source: str = "auto", preset: str = "medium",
+                 zero_margin: float | None = 3.0, max_buffer: int = MAX_BUFFER):  # fmt: skip
+        super().__init__(teacher, interval, keyframes, max_buffer)
+        if flow not in ("auto", "direct", "keys", "none"):
+            raise UserError(f"unknown interp flow {flow!r}; use direct, keys or none.")
+        if source not in ("auto", "input", "output"):
+            raise UserError(f"unknown interp flow source {source!r}; use input or output.")
+        if self.labels and (flow == "direct" or source == "input"):
+            raise UserError("interp on label-map inputs measures flow on the key-frame outputs (flow=keys, "
+                            "source=output); label maps carry no texture to track.")  # fmt: skip
+        self.flow = ("keys" if self.labels else "direct") if flow == "auto" else flow
+        self.source = ("output" if self.labels else "input") if source == "auto" else source
+        if self.flow == "direct" and self.source == "output":
+            raise UserError("interp flow=direct measures flow from each frame's input; it has no output yet.")
+        self.preset, self.zero_margin = preset, zero_margin
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "flow": self.flow, "source": self.source, "preset": self.preset,
+                "zero_margin": self.zero_margin}  # fmt: skip
+
+    def _flow(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        from fastv2v.flow import estimate_flow
+
+        f = estimate_flow(a, b, self.preset)
+        return f if self.zero_margin is None else keep_zero_motion(a, b, f, self.zero_margin)
+
+    def interpolate(self, k0, k1, frames, ts):
+        from fastv2v.flow import occlusion_mask, warp
+
+        size = tuple(k0.y.shape[-2:])
+        if self.flow == "none":
+            zero, one = np.zeros((*size, 2), np.float32), np.ones(size, np.float32)
+            return [self._blend(k0.y, k1.y, zero, zero, one, one, t, size) for t in ts]
+        out = []
+        if self.flow == "direct":
+            for frame, t in zip(frames, ts):
+                c = frame.picture
+                ft0, f0t = self._flow(c, k0.picture), self._flow(k0.picture, c)
+                ft1, f1t = self._flow(c, k1.picture), self._flow(k1.picture, c)
+                v0, v1 = occlusion_mask(ft0, f0t), occlusion_mask(ft1, f1t)
+                out.append(self._blend(k0.y, k1.y, ft0, ft1, v0, v1, t, size))
+            return out
+        a, b = (k0.picture, k1.picture) if self.source == "input" else (k0.output, k1.output)
+        f01, f10 = self._flow(a, b), self._flow(b, a)
+        m0 = occlusion_mask(f01, f10).astype(np.float32)
+        m1 = occlusion_mask(f10, f01).astype(np.float32)
+        for t in ts:
+            ft0 = -(1 - t) * t * f01 + t * t * f10
+            ft1 = (1 - t) ** 2 * f01 - t * (1 - t) * f10
+            v0, v1 = warp(m0, ft0), warp(m1, ft1)
+            out.append(self._blend(k0.y, k1.y, ft0, ft1, v0, v1, t, size))
+        return out
+
+    @staticmethod
+    def _blend(y0, y1, ft0, ft1, v0, v1, t, size):
+        import cv2
+
+        from fastv2v.flow import resize_flow, warp
+
+        if ft0.shape[:2] != size:  # flow measured at input size, outputs at another
+            ft0, ft1 = resize_flow(ft0, size), resize_flow(ft1, size)
+            v0 = cv2.resize(v0.astype(np.float32), size[::-1], interpolation=cv2.INTER_LINEAR)
+            v1 = cv2.resize(v1.astype(np.float32), size[::-1], interpolation=cv2.INTER_LINEAR)
+        v0 = cv2.blur(np.asarray(v0, np.float32), (3, 3))
+        v1 = cv2.blur(np.asarray(v1, np.float32), (3, 3))
+        w0, w1 = (1 - t) * v0, t * v1
+        hole = (w0 + w1) < 1e-3
+        w0[hole], w1[hole] = 1 - t, t
+        total = w0 + w1
+        w0 = torch.from_numpy(w0 / total).to(y0.device, y0.dtype)
+        w1 = torch.from_numpy(w1 / total).to(y0.device, y0.dtype)
+        return warp(y0, ft0) * w0 + warp(y1, ft1) * w1
+
+
+# ---------------------------------------------------------------------------------------------
+# minterpolate: FFmpeg
+
+
+_MI_OPTIONS = "mi_mode=mci:mc_mode=obmc:me=epzs"
+_MI_MIN_SIDE = 32  # minterpolate's motion estimation refuses frames under 2 blocks (2 x 16 px)
+
+
+def minterpolate_frames(a: np.ndarray, b: np.ndarray, gap: int, offsets: list[int],
+                        options: str = _MI_OPTIONS) -> list[np.ndarray]:  # fmt: skip
+    """FFmpeg ``minterpolate`` between two frames ``gap`` frames apart (HxWx3 RGB or grey uint8):
+    the frames at ``offsets`` (each in 1..gap-1), in the order asked.
+
+    ``a`` goes in at pts 0 and ``b`` at pts ``gap`` (time base 1 s) with ``fps=1``, so the filter's
+    output grid is one frame per integer offset, each interpolated with ``alpha = offset / gap``.
+    Frames smaller than 32 pixels on a side are padded (edge pixels repeated) and cropped back.
+    """
+    import av
+    import av.filter
+    import cv2
+
+    if a.ndim == 3 and a.shape[2] == 1:
+        return [g[..., None] for g in minterpolate_frames(a[..., 0], b[..., 0], gap, offsets, options)]
+    if a.ndim == 2:
+        fmt, work = "gray", "gray"
+    elif a.shape[2] == 3:
+        fmt, work = "rgb24", "yuv444p"  # minterpolate takes YUV or grey, not RGB
+    else:
+        raise UserError(f"minterpolate takes RGB or grey outputs, not {a.shape[2]}-channel ones; use --method interp.")
+    h, w = a.shape[:2]
+    ph, pw = max(0, _MI_MIN_SIDE - h), max(0, _MI_MIN_SIDE - w)
+    if ph or pw:
+        a = cv2.copyMakeBorder(a, 0, ph, 0, pw, cv2.BORDER_REPLICATE)
+        b = cv2.copyMakeBorder(b, 0, ph, 0, pw, cv2.BORDER_REPLICATE)
+    graph = av.filter.Graph()
+    chain = [
+        graph.add_buffer(width=a.shape[1], height=a.shape[0], format=fmt, time_base=Fraction(1, 1)),
+        graph.add("format", work),
+        graph.add("minterpolate", f"fps=1:{options}"),
+        graph.add("format", fmt),
+        graph.add("buffersink"),
+    ]
+    for up, down in zip(chain, chain[1:]):
+        up.link_to(down)
+    graph.configure()
+    got: dict[int, np.ndarray] = {}
+    for pts, image in ((0, a), (gap, b), (2 * gap, b)):  # the repeat of b releases the frames up to b
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=fmt)
+        frame.pts, frame.time_base = pts, Fraction(1, 1)
+        graph.push(frame)
+        while True:
+            try:
+                out = graph.pull()
+            except (av.error.BlockingIOError, av.error.EOFError):
+                break
+            got[int(out.pts)] = out.to_ndarray(format=fmt)[:h, :w]
+    missing = [o for o in offsets if o not in got]
+    if missing:
+        raise RuntimeError(f"minterpolate returned frames {sorted(got)} for a gap of {gap}, not {missing}")
+    return [got[o] for o in offsets]
+
+
+@register
+class MInterpolate(KeyframeInterpolation):
+    """FFmpeg ``minterpolate`` (``mi_mode=mci:mc_mode=obmc:me=epzs``) between key-frame outputs:
+    the Fast-Vid2Vid paper's interpolation, fed the key outputs at their true frame distance
+    (see :func:`minterpolate_frames`)."""
+
+    name = "minterpolate"
+    uncounted = "FFmpeg minterpolate (EPZS block matching, OBMC)"
+
+    def __init__(self, teacher: SplitGenerator, interval: int = 4, keyframes: Any = None, *,
+                 options: str = _MI_OPTIONS, max_buffer: int = MAX_BUFFER):  # fmt: skip
+        super().__init__(teacher, interval, keyframes, max_buffer)
+        self.options = options
+
+    def interpolate(self, k0, k1, frames, ts):
+        gap = k1.index - k0.index
+        offsets = [f.index - k0.index for f in frames]
+        images = minterpolate_frames(k0.output, k1.output, gap, offsets, self.options)
+        return [_from_u8(image, k0.y) for image in images]
