@@ -189,9 +189,17 @@ def resumable_batches(
     start_step: int = 0,
     shuffle: bool = True,
     num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ):
     """An endless iterator of collated batches; batch ``k`` is the same whether the stream was
     started at 0 and advanced ``k`` times or started with ``start_step=k`` (what resume needs).
+
+    ``batch_size`` is the global batch. With ``world_size`` > 1 (data-parallel training, see
+    :mod:`fastv2v.train.distributed`) process ``rank`` gets its contiguous chunk of each global
+    batch, ``batch_size // world_size`` samples, and reads only those from an indexable dataset
+    (its DataLoader workers decode its own samples); the global stream does not depend on the
+    number of processes, so a run resumes on any number of them.
 
     * Indexable datasets (``__len__`` + ``__getitem__``, e.g. a list of dicts): a shuffled
       epoch-by-epoch index stream (see :class:`_StepSampler`); resuming costs nothing.
@@ -207,16 +215,28 @@ def resumable_batches(
     """
     from torch.utils.data import DataLoader, IterableDataset, default_collate
 
+    from fastv2v.train.distributed import local_batch_size
+
+    local = local_batch_size(batch_size, world_size)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside a world of {world_size} processes")
+    first, last = rank * local, (rank + 1) * local
     loader_rng = torch.Generator().manual_seed(seed * 1_000_003 + start_step)
     if not isinstance(dataset, IterableDataset) and hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"):
         n = len(dataset)
         if n == 0:
             raise UserError("the training dataset is empty; check the data folder.")
         sampler = _StepSampler(n, seed, start_step * batch_size, shuffle)
-        loader = DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, generator=loader_rng,
-            persistent_workers=num_workers > 0,
-        )  # fmt: skip
+        if world_size == 1:
+            loader = DataLoader(
+                dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, generator=loader_rng,
+                persistent_workers=num_workers > 0,
+            )  # fmt: skip
+        else:
+            loader = DataLoader(
+                dataset, batch_sampler=_ShardedBatches(sampler, batch_size, first, last), num_workers=num_workers,
+                generator=loader_rng, persistent_workers=num_workers > 0,
+            )  # fmt: skip
         yield from loader
         return
     if iter(dataset) is dataset:
@@ -244,5 +264,19 @@ def resumable_batches(
     stream = samples()
     for _ in range(start_step * batch_size):
         next(stream)
-    while True:
-        yield default_collate([next(stream) for _ in range(batch_size)])
+    while True:  # every process reads the whole stream and keeps its chunk of each batch
+        yield default_collate([next(stream) for _ in range(batch_size)][first:last])
+
+
+class _ShardedBatches(torch.utils.data.Sampler):
+    """Index lists ``[first:last]`` of each consecutive ``batch_size`` indices of ``sampler``:
+    one process's chunk of every global batch."""
+
+    def __init__(self, sampler, batch_size: int, first: int, last: int):
+        self.sampler, self.batch_size, self.first, self.last = sampler, batch_size, first, last
+
+    def __iter__(self):
+        indices = iter(self.sampler)
+        while True:
+            batch = [next(indices) for _ in range(self.batch_size)]
+            yield batch[self.first : self.last]

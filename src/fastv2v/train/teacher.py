@@ -13,13 +13,17 @@ Exact resume: the checkpoint holds G, D, both Adam states, the step, every RNG s
 DiffAugment generator; data order is a function of (seed, step) (see
 :func:`fastv2v.train.state.resumable_batches`). Stopping at step N and resuming gives the same
 weights, bit for bit, as never stopping (on the CPU; cuDNN kernels are not deterministic).
+
+Several processes: launched by ``torchrun`` the same code trains data-parallel (DDP, see
+:mod:`fastv2v.train.distributed`): ``batch`` stays the global batch, each process takes its
+chunk of it, gradients are averaged, so N processes follow the single-process run to float
+rounding and a checkpoint resumes on any number of processes. Only rank 0 writes files.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -34,12 +38,13 @@ from fastv2v.errors import UserError
 from fastv2v.generators import SplitGenerator, build_generator, save_generator
 from fastv2v.generators.discriminators import MultiscaleDiscriminator, init_weights
 from fastv2v.train.diffaugment import DiffAugment
+from fastv2v.train.distributed import DistributedContext, check_precision, init_distributed, training_autocast
 from fastv2v.train.losses import GANLoss, VGGPerceptualLoss, feature_matching_loss
-from fastv2v.train.state import load_training_state, resumable_batches, save_training_state
+from fastv2v.train.loop import LOG, check_run_folder, run_steps, seed_everything, truncate_log
+from fastv2v.train.state import load_training_state, save_training_state
 
 CHECKPOINT = "checkpoint.pt"
 EXPORT = "generator.safetensors"
-LOG = "log.jsonl"
 
 
 @dataclass
@@ -57,6 +62,9 @@ class TeacherTrainingConfig:
     maps. ``size`` (H, W), when given, is checked against the data. ``decay_steps`` > 0 makes
     the learning rate fall linearly to 0 over the last that many steps (pix2pix's schedule).
     ``diffaugment`` is a policy such as ``"color,translation,cutout"`` ("" = off).
+    ``batch`` is the global batch: under torchrun each of N processes takes ``batch / N``.
+    ``precision`` ``"bf16"`` runs forward passes and losses under bfloat16 autocast (fp16 is
+    refused: it would need loss scaling).
     """
 
     out_dir: str = "runs/teacher"
@@ -86,6 +94,7 @@ class TeacherTrainingConfig:
     shuffle: bool = True
     num_workers: int = 0
     device: str = "cpu"
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy (paths as strings, tuples as lists)."""
@@ -103,6 +112,7 @@ class TeacherTrainingConfig:
                 raise UserError(f"{name} must be 0 (off) or positive, not {getattr(self, name)}.")
         GANLoss(self.gan_mode)
         DiffAugment(self.diffaugment)
+        check_precision(self.precision)
 
 
 def build_teacher_models(config: TeacherTrainingConfig, device: str | torch.device | None = None) -> dict[str, nn.Module]:
@@ -129,14 +139,6 @@ def build_optimizers(config: TeacherTrainingConfig, models: Mapping[str, nn.Modu
     }
 
 
-def learning_rate(config: TeacherTrainingConfig, step: int) -> float:
-    """Learning rate for the step that starts after ``step`` completed steps (a pure function of
-    the step, so there is no scheduler state to checkpoint)."""
-    if config.decay_steps <= 0:
-        return config.lr
-    return config.lr * min(1.0, max(0.0, (config.steps - step) / config.decay_steps))
-
-
 def train_step(
     models: Mapping[str, nn.Module],
     optimizers: Mapping[str, torch.optim.Optimizer],
@@ -144,10 +146,14 @@ def train_step(
     config: TeacherTrainingConfig,
     *,
     generator: torch.Generator | None = None,
+    ctx: DistributedContext | None = None,
 ) -> dict[str, float]:
     """One D and one G update on ``batch``; returns the loss terms as floats.
 
-    ``generator`` drives DiffAugment (the global RNG when None). Keys: ``G_GAN``, ``G_feat``,
+    ``generator`` drives DiffAugment (the global RNG when None). Under DDP (``models`` wrapped
+    by ``ctx.wrap``) ``batch`` is this process's chunk of the global batch and ``ctx`` makes
+    DiffAugment draw parameters for the global batch and keep this chunk's, as one process
+    would. The forward passes and losses run under ``config.precision``'s autocast. Keys: ``G_GAN``, ``G_feat``,
     ``G_L1``, ``G_VGG`` (when a VGG loss is configured), ``D_real``, ``D_fake``; unweighted
     values, except that the GAN terms are summed over discriminator scales.
     """
@@ -157,30 +163,35 @@ def train_step(
     real = batch["target"].to(device=device, dtype=torch.float32)
     gan = GANLoss(config.gan_mode)
     augment = DiffAugment(config.diffaugment)
-    params = augment.sample(x.shape[0], *x.shape[2:], generator=generator) if augment.enabled else None
+    params = None
+    if augment.enabled:
+        world = ctx.world_size if ctx is not None else 1
+        params = augment.sample(x.shape[0] * world, *x.shape[2:], generator=generator)
+        params = ctx.shard(params) if ctx is not None else params
 
     def pair(image: torch.Tensor) -> torch.Tensor:
         image, cond = augment.apply(params, image, x) if params is not None else (image, x)
         return torch.cat([cond, image], dim=1)
 
-    fake = g(x)
-    pred_fake_d = d(pair(fake.detach()))
-    pred_real = d(pair(real))
-    loss_d_fake = gan(pred_fake_d, False)
-    loss_d_real = gan(pred_real, True)
+    with training_autocast(device, config.precision):
+        fake = g(x)
+        pred_fake_d = d(pair(fake.detach()))
+        pred_real = d(pair(real))
+        loss_d_fake = gan(pred_fake_d, False)
+        loss_d_real = gan(pred_real, True)
 
-    d.requires_grad_(False)  # G's pass through D must not accumulate D gradients
-    try:
-        pred_fake_g = d(pair(fake))
-    finally:
-        d.requires_grad_(True)
-    losses = {"G_GAN": gan(pred_fake_g, True, for_discriminator=False)}
-    losses["G_feat"] = feature_matching_loss(pred_fake_g, pred_real) if config.lambda_feat else fake.new_zeros(())
-    losses["G_L1"] = F.l1_loss(fake, real)
-    loss_g = losses["G_GAN"] + config.lambda_feat * losses["G_feat"] + config.lambda_l1 * losses["G_L1"]
-    if "vgg" in models:
-        losses["G_VGG"] = models["vgg"](fake, real)
-        loss_g = loss_g + config.lambda_vgg * losses["G_VGG"]
+        d.requires_grad_(False)  # G's pass through D must not accumulate D gradients
+        try:
+            pred_fake_g = d(pair(fake))
+        finally:
+            d.requires_grad_(True)
+        losses = {"G_GAN": gan(pred_fake_g, True, for_discriminator=False)}
+        losses["G_feat"] = feature_matching_loss(pred_fake_g, pred_real) if config.lambda_feat else fake.new_zeros(())
+        losses["G_L1"] = F.l1_loss(fake, real)
+        loss_g = losses["G_GAN"] + config.lambda_feat * losses["G_feat"] + config.lambda_l1 * losses["G_L1"]
+        if "vgg" in models:
+            losses["G_VGG"] = models["vgg"](fake, real)
+            loss_g = loss_g + config.lambda_vgg * losses["G_VGG"]
 
     optimizers["G"].zero_grad(set_to_none=True)
     loss_g.backward()
@@ -200,6 +211,7 @@ def train_teacher(
     sample_batch: Mapping[str, torch.Tensor] | list[Mapping[str, torch.Tensor]] | None = None,
     progress: bool = True,
     max_steps: int | None = None,
+    ctx: DistributedContext | None = None,
 ) -> Path:
     """Train (or, with ``config.resume``, continue) a teacher; returns the exported generator.
 
@@ -209,93 +221,76 @@ def train_teacher(
     step) and ``generator.safetensors`` when the call returns. ``max_steps`` caps the steps
     run by this call (a time-boxed chunk; resume later). Seeds the global RNGs from
     ``config.seed`` (training must be reproducible); thread counts are left to the caller.
+
+    ``ctx`` (default: :func:`~fastv2v.train.distributed.init_distributed`, which joins a job
+    torchrun started and is a single process otherwise) makes the run data-parallel: every
+    process trains on its chunk of each global batch, rank 0 writes every file (logging the
+    losses averaged over processes), every process loads the checkpoint when resuming.
     """
     config.validate()
+    owns_ctx = ctx is None
+    if ctx is None:
+        ctx = init_distributed(config.device)
+    try:
+        return _train(config, dataset, ctx, sample_batch=sample_batch, progress=progress, max_steps=max_steps)
+    finally:
+        if owns_ctx:
+            ctx.shutdown()
+
+
+def _train(config, dataset, ctx: DistributedContext, *, sample_batch, progress, max_steps) -> Path:
     out = Path(config.out_dir)
     ckpt = out / CHECKPOINT
-    if config.resume and not ckpt.is_file():
-        raise UserError(f"{ckpt} does not exist, so there is nothing to resume; start without resume.")
-    if not config.resume and ckpt.exists():
-        raise UserError(f"{out} already holds a training run ({ckpt}); resume it or choose another output folder.")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {config.device!r} was asked for but CUDA is not available; use device 'cpu'.")
-    out.mkdir(parents=True, exist_ok=True)
+    ctx.local_batch_size(config.batch)
+    check_run_folder(out, ckpt, config.resume, ctx)
 
-    _seed_everything(config.seed)
-    models = build_teacher_models(config)
+    seed_everything(config.seed)
+    models = build_teacher_models(config, device=ctx.device)
     g: SplitGenerator = models["G"]  # type: ignore[assignment]
     optimizers = build_optimizers(config, models)
     aug_rng = torch.Generator().manual_seed(config.seed + 1)
-    trained = {"G": models["G"], "D": models["D"]}
+    trained = {"G": models["G"], "D": models["D"]}  # plain modules: what checkpoints hold
     step = 0
     if config.resume:
+        # every process loads it (to the CPU: RNG states must stay there; load_state_dict copies)
         step = load_training_state(ckpt, trained, optimizers, generators={"diffaugment": aug_rng}).step
-    _truncate_log(out / LOG, step)
+    if ctx.is_main:
+        truncate_log(out / LOG, step)
     end = config.steps if max_steps is None else min(config.steps, step + max_steps)
     sample = _collate_sample(sample_batch)
+    step_models = {**models, **{name: ctx.wrap(m) for name, m in trained.items()}}  # DDP for the step
 
-    def checkpoint() -> None:
-        save_training_state(
-            ckpt, step, trained, optimizers, {"config": config.to_dict()}, generators={"diffaugment": aug_rng}
-        )
+    def checkpoint(at: int) -> None:
+        extra = {"config": config.to_dict(), "world_size": ctx.world_size}
+        save_training_state(ckpt, at, trained, optimizers, extra, generators={"diffaugment": aug_rng})
+
+    def write_sample(at: int) -> None:
+        write_sample_grid(out / "samples" / f"step_{at:06d}.png", g, sample)
 
     if step < end:
-        from tqdm.auto import tqdm
-
-        batches = resumable_batches(
-            dataset, config.batch, seed=config.seed, start_step=step, shuffle=config.shuffle,
-            num_workers=config.num_workers,
+        step = run_steps(
+            ctx, config, dataset, step=step, end=end, out=out, optimizers=optimizers,
+            train_step=lambda batch: train_step(step_models, optimizers, batch, config, generator=aug_rng, ctx=ctx),
+            checkpoint=checkpoint, check_batch=lambda batch: _check_batch(batch, g, config),
+            sample=write_sample if sample is not None else None, describe=_format_losses, desc="teacher",
+            progress=progress,
         )  # fmt: skip
-        first = step
-        with open(out / LOG, "a") as log, tqdm(
-            total=config.steps, initial=step, disable=not progress, desc="teacher", unit="step"
-        ) as bar:
-            while step < end:
-                batch = next(batches)
-                if step == first:
-                    _check_batch(batch, g, config)
-                for group in (*optimizers["G"].param_groups, *optimizers["D"].param_groups):
-                    group["lr"] = learning_rate(config, step)
-                losses = train_step(models, optimizers, batch, config, generator=aug_rng)
-                step += 1
-                log.write(json.dumps({"step": step, **losses}) + "\n")
-                log.flush()
-                bar.update(1)
-                bar.set_postfix_str(_format_losses(losses), refresh=False)
-                if step == end or (config.checkpoint_every and step % config.checkpoint_every == 0):
-                    checkpoint()
-                due = step == config.steps or (config.sample_every and step % config.sample_every == 0)
-                if sample is not None and due:
-                    write_sample_grid(out / "samples" / f"step_{step:06d}.png", g, sample)
-    elif not ckpt.is_file():
-        checkpoint()
+    elif ctx.is_main and not ckpt.is_file():
+        checkpoint(step)
 
     export = out / EXPORT
-    training = {"config": config.to_dict(), "step": step, "complete": step >= config.steps}
-    save_generator(export, g, training=training)
+    if ctx.is_main:
+        training = {"config": config.to_dict(), "step": step, "complete": step >= config.steps}
+        save_generator(export, g, training=training)
+    ctx.barrier()  # the other processes return once the files are in place
     return export
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def _format_losses(losses: Mapping[str, float]) -> str:
     names = {"G_GAN": "G", "G_feat": "feat", "G_L1": "L1", "G_VGG": "vgg", "D_real": "Dr", "D_fake": "Df"}
     return " ".join(f"{names.get(k, k)}={v:.3f}" for k, v in losses.items())
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past the resumed step: those steps are about to be run again."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-    if len(kept) != len(lines):
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(line + "\n" for line in kept))
 
 
 def _check_batch(batch: Mapping[str, Any], g: SplitGenerator, config: TeacherTrainingConfig) -> None:
