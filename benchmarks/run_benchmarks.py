@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TASKS = ("scenes", "edges")
 #: Methods of the headline table, in row order (the teacher is always first).
-HEADLINE_METHODS = ("teacher", "repeat", "reuse", "sparse")
+HEADLINE_METHODS = ("teacher", "repeat", "reuse", "shortcut", "shortcut_auto", "sparse")
 HEADLINE_INTERVALS = (2, 3, 4)
 HEADLINE_SIZE = (128, 256)  # the shipped teachers' training size
 HEADLINE_FRAMES = 60
@@ -36,13 +36,15 @@ QUICK_FRAMES = 6
 
 
 def headline_models(task: str, overrides: dict[str, str]) -> list:
-    """The model files benchmarked for ``task``: the shipped teacher (or ``--teacher task=PATH``)."""
+    """The model file benchmarked for ``task`` (or ``--teacher task=PATH``): the shipped
+    Shortcut-V2V file, which carries the shipped teacher (so every method runs against the same
+    teacher), or the shipped teacher alone."""
     from fastv2v.errors import UserError
-    from fastv2v.tasks import shipped_teacher
+    from fastv2v.tasks import shipped_shortcut, shipped_teacher
 
     if task in overrides:
         return [Path(overrides[task])]
-    path = shipped_teacher(task)
+    path = shipped_shortcut(task) or shipped_teacher(task)
     if path is None:
         raise UserError(
             f"the shipped {task} teacher is not in this install yet (src/fastv2v/weights/{task}_teacher.safetensors); "
@@ -52,15 +54,19 @@ def headline_models(task: str, overrides: dict[str, str]) -> list:
 
 
 def quick_teacher(task: str, folder: Path) -> Path:
-    """A tiny randomly initialised teacher for ``task`` (ngf 4), saved as a self-describing file."""
+    """A tiny randomly initialised teacher for ``task`` (ngf 4) with an untrained Shortcut block,
+    saved as one Shortcut-V2V file (so the shortcut rows run too)."""
     import torch
 
-    from fastv2v.generators import build_generator, save_generator
+    from fastv2v.generators import build_generator
+    from fastv2v.methods.shortcut import ShortcutBlock
+    from fastv2v.methods.shortcut_model import ShortcutModel, save_shortcut
     from fastv2v.tasks import generator_config
 
     torch.manual_seed(0)
-    path = folder / f"{task}_random_ngf4.safetensors"
-    save_generator(path, build_generator("resnet_6blocks", **generator_config(task, ngf=4)))
+    path = folder / f"{task}_random_ngf4_shortcut.safetensors"
+    teacher = build_generator("resnet_6blocks", **generator_config(task, ngf=4))
+    save_shortcut(path, ShortcutModel(teacher, ShortcutBlock(teacher.feature_channels, 4), interval=3))
     return path
 
 

@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from fastv2v.errors import UserError  # noqa: E402
 
-__all__ = ["UserError", "__version__", "load_generator"]
+__all__ = ["UserError", "__version__", "load_generator", "load_model"]
 
 
 def __getattr__(name):  # lazy: keep `import fastv2v` cheap for the CLI's --help
@@ -12,4 +12,8 @@ def __getattr__(name):  # lazy: keep `import fastv2v` cheap for the CLI's --help
         from fastv2v.generators import load_generator
 
         return load_generator
+    if name == "load_model":
+        from fastv2v.models import load_model
+
+        return load_model
     raise AttributeError(name)

@@ -40,13 +40,29 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _interval(text: str) -> int | str:
+    """``--interval``: a whole number >= 1, or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"the key-frame interval must be a whole number >= 1 or 'auto', not {text!r}")
+    return value
+
+
 def cmd_translate(args: argparse.Namespace) -> int:
     from fastv2v.engine.translate import translate
-    from fastv2v.generators import load_generator
+    from fastv2v.models import load_model
 
+    _check_translate_paths(args)
     config = {} if args.label_nc is None else {"label_nc": args.label_nc}
-    generator = load_generator(args.model, arch=args.arch, **config)
-    runner = _online_method(args, generator)
+    model = load_model(args.model, arch=args.arch, **config)
+    generator, runner = _online_method(args, model)
+    if args.input_list is not None:
+        return _translate_many(args, generator, runner)
     report = translate(
         generator, args.input, args.output, runner=runner, device=args.device, dtype=args.dtype, batch=args.batch,
         size=args.size, resize_mode=args.resize, progress=not args.quiet,
@@ -60,22 +76,78 @@ def cmd_translate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _online_method(args: argparse.Namespace, generator):
-    """The method ``--method`` names, built on the loaded teacher (None: the teacher itself)."""
+def _check_translate_paths(args: argparse.Namespace) -> None:
+    """INPUT OUTPUT, or --input-list with --out-dir: one or the other, complete."""
+    if args.input_list is None:
+        if args.out_dir is not None:
+            raise UserError("--out-dir goes with --input-list; for one input give INPUT OUTPUT.")
+        if args.input is None or args.output is None:
+            raise UserError("give INPUT and OUTPUT, or --input-list LIST --out-dir DIR for many videos.")
+        return
+    if args.input is not None or args.output is not None:
+        raise UserError("--input-list takes its outputs from --out-dir; drop the positional INPUT/OUTPUT.")
+    if args.out_dir is None:
+        raise UserError("--input-list needs --out-dir DIR, the folder the translated videos go to.")
+
+
+def _translate_many(args: argparse.Namespace, generator, runner) -> int:
+    from fastv2v.engine.many import translate_many
+    from fastv2v.train.distributed import is_main_process
+
+    report = translate_many(
+        generator, args.input_list, args.out_dir, runner=runner, device=args.device, dtype=args.dtype,
+        batch=args.batch, size=args.size, resize_mode=args.resize, progress=not args.quiet,
+    )  # fmt: skip
+    failed = len(report.failed)
+    if is_main_process():
+        print(report.summary(), flush=True)
+        if failed:
+            print(f"fastv2v: error: {failed} of {len(report.items)} videos failed (reasons above); fix them and run "
+                  "the same command again: complete outputs are skipped.", file=sys.stderr)  # fmt: skip
+    return 1 if failed else 0
+
+
+def _online_method(args: argparse.Namespace, model):
+    """``(teacher generator, method)`` for ``--method`` on the loaded model (method None: the
+    teacher itself). A Shortcut-V2V model file runs ``shortcut`` unless told otherwise."""
     import fastv2v.methods  # noqa: F401  (registers every method)
     from fastv2v.methods.base import METHODS
+    from fastv2v.methods.shortcut_model import ShortcutModel, check_teacher
 
-    if args.method == "teacher":
-        return None
-    if args.method not in METHODS:
-        raise UserError(f"unknown --method {args.method!r}; use one of {', '.join(sorted(METHODS))}.")
-    cls = METHODS[args.method]
+    bundle = model if isinstance(model, ShortcutModel) else None
+    generator = bundle.teacher if bundle else model
+    if bundle and args.teacher:
+        from fastv2v.generators import load_generator
+
+        check_teacher(bundle, load_generator(args.teacher), args.model)
+    name = args.method or ("shortcut" if bundle else "teacher")
+    if name not in METHODS:
+        raise UserError(f"unknown --method {name!r}; use one of {', '.join(sorted(METHODS))}.")
+    if args.interval == "auto" and name not in ("shortcut", "shortcut_auto"):
+        raise UserError(f"--interval auto is for --method shortcut; give --method {name} a whole-number interval.")
+    cls = METHODS[name]
     if cls.model_kind is not None:
-        raise UserError(f"--method {args.method} needs a trained {cls.model_kind} model file, not the generator "
-                        f"{args.model}; pass that file with --model.")  # fmt: skip
-    if args.method == "sparse":
-        return cls(generator, max_interval=args.interval or 8, threshold=args.threshold)
-    return cls(generator, args.interval or 3)
+        if bundle is None or cls.model_kind != bundle.kind:
+            raise UserError(f"--method {name} needs a trained {cls.model_kind} model file (made by `fastv2v distill "
+                            f"{cls.model_kind}`), not the generator {args.model}; pass that file with --model.")  # fmt: skip
+        interval = bundle.interval if args.interval is None else args.interval
+        if interval == "auto" or name == "shortcut_auto":
+            from fastv2v.methods.adaptive import AdaptiveInterval
+
+            target = bundle.interval if interval == "auto" else interval
+            schedule = AdaptiveInterval(target, args.max_interval)
+            return generator, METHODS["shortcut"](generator, block=bundle.block, schedule=schedule)
+        return generator, cls(generator, interval, block=bundle.block)
+    if name == "teacher":
+        return generator, None
+    if name == "sparse":
+        return generator, cls(generator, max_interval=args.interval or 8, threshold=args.threshold)
+    keyframes = getattr(args, "keyframes", None)
+    if getattr(cls, "buffered", False):  # interpolation between key frames (interp, minterpolate)
+        return generator, cls(generator, args.interval or 4, keyframes=keyframes)
+    if keyframes is not None:
+        raise UserError(f"--keyframes is for the interpolating methods (interp, minterpolate), not --method {name}.")
+    return generator, cls(generator, args.interval or 3)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -124,9 +196,13 @@ def _profile_method(args: argparse.Namespace, generator, x, teacher) -> None:
     block = sum(p.numel() for m in vars(method).values() if isinstance(m, torch.nn.Module) and m is not generator
                 for p in m.parameters())  # fmt: skip
     print(f"{args.method}: {block / 1e6:.3f} M parameters of its own")
-    print(f"{args.method} non-key frame: {_g(nonkey.macs_exact)} exact, {_g(nonkey.macs_paper)} paper MACs; "
-          f"teacher / non-key = {teacher.macs_exact / nonkey.macs_exact:.2f}x exact, "
-          f"{teacher.macs_paper / nonkey.macs_paper:.2f}x paper")  # fmt: skip
+    if nonkey.macs_exact == 0:  # e.g. interpolation: its work is outside torch (optical flow, FFmpeg)
+        uncounted = getattr(method, "uncounted", "") or "its work"
+        print(f"{args.method} non-key frame: 0 MACs counted ({uncounted}: not torch ops)")
+    else:
+        print(f"{args.method} non-key frame: {_g(nonkey.macs_exact)} exact, {_g(nonkey.macs_paper)} paper MACs; "
+              f"teacher / non-key = {teacher.macs_exact / nonkey.macs_exact:.2f}x exact, "
+              f"{teacher.macs_paper / nonkey.macs_paper:.2f}x paper")  # fmt: skip
     extra = getattr(method, "key_frame_extra_path", None)
     if extra is not None:
         added = profile(extra(), x)
@@ -142,6 +218,7 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     import torch
 
     from fastv2v.tasks import generator_config, training_pairs
+    from fastv2v.train.distributed import is_main_process
     from fastv2v.train.teacher import TeacherTrainingConfig, train_teacher
 
     if args.threads:
@@ -152,13 +229,60 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
         batch=args.batch, steps=args.steps, decay_steps=args.decay_steps, lr=args.lr, lambda_l1=args.lambda_l1,
         lambda_feat=args.lambda_feat, vgg_weights=args.vgg_weights, ndf=args.ndf, num_D=args.num_d,
         diffaugment=args.diffaugment, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
-        seed=args.seed, resume=args.resume, device=args.device, num_workers=args.workers,
+        seed=args.seed, resume=args.resume, device=args.device, num_workers=args.workers, precision=args.precision,
     )  # fmt: skip
     data = training_pairs(args.task, "train", height=h, width=w, videos=args.data, clips=args.clips)
     heldout = training_pairs(args.task, "heldout", height=h, width=w, videos=args.data)
     samples = [heldout[i * max(1, len(heldout) // 4)] for i in range(4)]
     export = train_teacher(config, data, sample_batch=samples, progress=not args.quiet, max_steps=args.max_steps)
-    print(f"wrote {export} (checkpoint, samples and log in {args.out})")
+    if is_main_process():  # under torchrun only rank 0 reports
+        print(f"wrote {export} (checkpoint, samples and log in {args.out})")
+    return 0
+
+
+def cmd_distill_shortcut(args: argparse.Namespace) -> int:
+    import torch
+
+    from fastv2v.tasks import shipped_teacher, training_pairs
+    from fastv2v.train.shortcut import ShortcutTrainingConfig, distill_shortcut
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    teacher = args.teacher or shipped_teacher(args.task)
+    if teacher is None:
+        raise UserError(f"this install ships no {args.task} teacher; pass your teacher's model file with --teacher.")
+    h, w = args.size
+    config = ShortcutTrainingConfig(
+        teacher=str(teacher), out_dir=args.out, task=args.task, interval=args.interval, max_gap=args.max_gap,
+        hidden=args.hidden, size=(h, w), batch=args.batch, steps=args.steps, decay_steps=args.decay_steps,
+        lr=args.lr, vgg_weights=args.vgg_weights, checkpoint_every=args.checkpoint_every,
+        sample_every=args.sample_every, seed=args.seed, resume=args.resume, device=args.device,
+        num_workers=args.workers, reference_skip=not args.official_architecture,
+    )  # fmt: skip
+    config.validate()
+    data = training_pairs(args.task, "train", height=h, width=w, videos=args.data, clips=args.clips,
+                          pair_gap=config.gaps)  # fmt: skip
+    heldout = training_pairs(args.task, "heldout", height=h, width=w, videos=args.data, pair_gap=config.gaps)
+    samples = [heldout[i * max(1, len(heldout) // 4)] for i in range(4)]
+    export = distill_shortcut(config, data, sample_batch=samples, progress=not args.quiet, max_steps=args.max_steps)
+    from fastv2v.train.distributed import is_main_process
+
+    if is_main_process():  # under torchrun only rank 0 reports
+        print(f"wrote {export} (checkpoint, samples and log in {args.out})")
+    return 0
+
+
+def cmd_import_shortcut(args: argparse.Namespace) -> int:
+    from fastv2v.methods.shortcut_import import import_official
+    from fastv2v.methods.shortcut_model import save_shortcut
+
+    if not str(args.output).endswith(".safetensors"):
+        raise UserError(f"{args.output}: fastv2v model files are .safetensors; name the output model.safetensors.")
+    model = import_official(args.teacher, args.shortcut, interval=args.interval, arch=args.arch)
+    save_shortcut(args.output, model)
+    b = model.block.config
+    print(f"wrote {args.output}: teacher {model.teacher.config['arch']} ngf {model.teacher.config['ngf']}, "
+          f"block with {b['feature_channels']} feature channels, hidden {b['hidden']}, interval {model.interval}")
     return 0
 
 
@@ -228,16 +352,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("translate", help="translate a video, image folder or image with a model")
-    p.add_argument("input", help="video file (mp4, mov, mkv, avi, webm), folder of images, or image")
-    p.add_argument("output", help="output: .mp4/.mov/.mkv video, a folder (lossless PNG frames) or an image")
+    p.add_argument("input", nargs="?", help="video file (mp4, mov, mkv, avi, webm), folder of images, or image")
+    p.add_argument("output", nargs="?", help="output: .mp4/.mov/.mkv video, a folder (lossless PNG frames) or an image")
+    p.add_argument("--input-list", default=None, metavar="LIST", help="many inputs instead of INPUT OUTPUT: a text "
+                   "file with one path per line, or a folder of videos; each goes to --out-dir as <stem>.mp4, "
+                   "complete outputs are skipped, torchrun splits the list across processes")  # fmt: skip
+    p.add_argument("--out-dir", default=None, metavar="DIR", help="with --input-list: the output folder")
     _add_model_options(p)
     _add_runtime_options(p)
-    p.add_argument("--method", default="teacher", help="teacher (every frame, default), sparse (recompute only "
-                   "changed tiles), repeat or reuse (naive baselines)")  # fmt: skip
-    p.add_argument("--interval", type=int, default=None, help="key-frame interval (repeat/reuse, default 3) or "
-                   "maximum interval between full passes (sparse, default 8)")  # fmt: skip
+    p.add_argument("--method", default=None, help="teacher (every frame; the default for a generator), shortcut "
+                   "(the default for a Shortcut-V2V model file), sparse (recompute only changed tiles), repeat or "
+                   "reuse (naive baselines)")  # fmt: skip
+    p.add_argument("--interval", type=_interval, default=None, help="key-frame interval (shortcut: the model "
+                   "file's, repeat/reuse: 3), 'auto' (shortcut: refresh when the features drift, at the model's "
+                   "interval on average), or the maximum interval between full passes (sparse, default 8)")  # fmt: skip
+    p.add_argument("--max-interval", type=int, default=None, help="--interval auto: never hold a reference "
+                   "longer than this (default: twice the average)")  # fmt: skip
+    p.add_argument("--teacher", default=None, help="with a Shortcut-V2V model file: check that it was distilled "
+                   "from this teacher")  # fmt: skip
     p.add_argument("--threshold", type=float, default=0.0, help="sparse: input change below this (in [-1, 1] "
                    "units) counts as unchanged (default 0: exact change tracking)")  # fmt: skip
+    p.add_argument("--keyframes", default=None, metavar="SPEC", help="interp/minterpolate (interpolate between "
+                   "key-frame outputs; adds up to one key gap of latency): fixed:N (default fixed:--interval, 4), "
+                   "peaks (key frames at peaks of input change, Fast-Vid2Vid; peaks:window=5,min=2,max=12) or auto")  # fmt: skip
     p.set_defaults(func=cmd_translate)
 
     prepare = sub.add_parser("prepare", help="preprocess raw videos into model inputs").add_subparsers(
@@ -268,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ndf", type=int, default=32, help="discriminator base width (default 32)")
     p.add_argument("--num-d", type=int, default=2, help="discriminator scales (default 2)")
     p.add_argument("--size", type=_size, default=(128, 256), metavar="HxW", help="training size (default 128x256)")
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--batch", type=int, default=4, help="global batch: under torchrun each of N processes takes "
+                   "batch/N (default 4)")  # fmt: skip
     p.add_argument("--steps", type=int, default=4000, help="total steps of the run (default 4000)")
     p.add_argument("--max-steps", type=int, default=None, help="stop this call after that many steps (resume later)")
     p.add_argument("--decay-steps", type=int, default=0, help="linear lr decay to 0 over the last N steps")
@@ -282,11 +420,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun each process takes cuda:LOCAL_RANK)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="bf16: forward passes and losses under bfloat16 autocast (fp16 is refused: no loss scaling)")  # fmt: skip
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, samples/, log.jsonl, generator.safetensors")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train_teacher)
+
+    distill = sub.add_parser("distill", help="distil a faster video model from a teacher").add_subparsers(
+        dest="what", required=True
+    )
+    p = distill.add_parser("shortcut", help="train a Shortcut-V2V block for a frozen teacher (writes one model file "
+                           "with teacher, block and interval)")  # fmt: skip
+    p.add_argument("--task", required=True, choices=["scenes", "edges"], help="the teacher's task (training pairs)")
+    p.add_argument("--teacher", default=None, help="teacher model file (default: the task's shipped teacher)")
+    p.add_argument("--interval", type=int, default=3, help="key-frame interval; pairs are d = 1..interval-1 apart "
+                   "(default 3)")  # fmt: skip
+    p.add_argument("--max-gap", type=int, default=None, help="train on gaps up to this (default interval-1; "
+                   "larger suits --interval auto)")  # fmt: skip
+    p.add_argument("--hidden", type=int, default=None, help="block width (default: half the feature channels)")
+    p.add_argument("--official-architecture", action="store_true", help="train the paper's block exactly, without "
+                   "the reference skip (see docs/shortcut.md: slower to train, starts behind repeat)")  # fmt: skip
+    p.add_argument("--data", nargs="*", default=None, help="edges: videos or folders (default: the sample clips)")
+    p.add_argument("--clips", type=int, default=64, help="scenes: synthetic training clips (default 64)")
+    p.add_argument("--size", type=_size, default=(128, 256), metavar="HxW", help="training size (default 128x256)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--steps", type=int, default=2000, help="total steps of the run (default 2000)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop this call after that many steps (resume later)")
+    p.add_argument("--decay-steps", type=int, default=0, help="linear lr decay to 0 over the last N steps")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--vgg-weights", default=None, help="local torchvision VGG19 weights for a perceptual loss")
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--sample-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, samples/, log.jsonl, shortcut.safetensors")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_distill_shortcut)
+
+    imports = sub.add_parser("import", help="convert models trained with other code").add_subparsers(
+        dest="what", required=True
+    )
+    p = imports.add_parser("shortcut-v2v", help="a teacher and block trained with the official Shortcut-V2V code -> "
+                           "one fastv2v model file")  # fmt: skip
+    p.add_argument("--teacher", required=True, help="the official teacher generator (e.g. latest_net_G_A.pth)")
+    p.add_argument("--shortcut", required=True, help="the official block (e.g. latest_net_ShortcutV2V.pth)")
+    p.add_argument("--interval", type=int, default=3, help="default key-frame interval stored in the file (default 3)")
+    p.add_argument("--arch", default=None, help="teacher architecture (default: inferred from its tensors)")
+    p.add_argument("-o", "--output", required=True, help="the fastv2v model file to write (.safetensors)")
+    p.set_defaults(func=cmd_import_shortcut)
 
     p = sub.add_parser("profile", help="parameters and MACs per frame, in both MAC conventions")
     p.add_argument("--arch", default=None, help="architecture to build (default resnet_9blocks)")

@@ -49,9 +49,14 @@ def _bench(task: str, generator, described: str, folder: Path, *, frames: int, s
     from fastv2v.bench import run_bench, write_report
     from fastv2v.methods.base import METHODS
 
-    report = run_bench([(f"{task} teacher", generator)], f"{task}:0", methods=tuple(METHODS), frames=frames,
-                       size=size, progress=progress)  # fmt: skip
-    report["command"] = f"fastv2v demo ({described})"
+    from fastv2v.tasks import shipped_shortcut
+
+    # The shipped Shortcut-V2V file carries the shipped teacher, so with it every method (the
+    # shortcut ones included) runs against the same teacher.
+    bundle = shipped_shortcut(task) if described.startswith("shipped") else None
+    model = bundle if bundle is not None else (f"{task} teacher", generator)
+    report = run_bench([model], f"{task}:0", methods=tuple(METHODS), frames=frames, size=size, progress=progress)
+    report["command"] = f"fastv2v demo ({described}" + (f", Shortcut-V2V `{bundle.name}`)" if bundle else ")")
     write_report(report, folder)
 
 

@@ -102,6 +102,15 @@ def expand_videos(paths: Sequence[str | os.PathLike] | None) -> list[Path] | Non
 
 def shipped_teacher(task: str) -> Path | None:
     """The teacher the package ships for ``task``, or None when this install has none."""
+    return _shipped(task, "teacher")
+
+
+def shipped_shortcut(task: str) -> Path | None:
+    """The Shortcut-V2V model (shipped teacher + trained block) for ``task``, or None."""
+    return _shipped(task, "shortcut")
+
+
+def _shipped(task: str, what: str) -> Path | None:
     check_task(task)
-    path = WEIGHTS_DIR / f"{task}_teacher.safetensors"
+    path = WEIGHTS_DIR / f"{task}_{what}.safetensors"
     return path if path.is_file() else None

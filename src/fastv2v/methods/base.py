@@ -35,10 +35,12 @@ class FixedInterval:
 
 @dataclass
 class StreamState:
-    """Per-video state of the built-in online methods: the reference from the last key frame."""
+    """Per-video state of the built-in online methods: the reference from the last key frame,
+    and the key-frame schedule's own state (adaptive schedules keep a budget there)."""
 
     since_key: int | None = None
     reference: dict[str, torch.Tensor] = field(default_factory=dict)
+    schedule: dict = field(default_factory=dict)
 
 
 class OnlineMethod:
@@ -72,10 +74,11 @@ class OnlineMethod:
         y = self.non_key_frame(x, state.reference)
         return y, StreamState(since_key=state.since_key + 1, reference=state.reference), False
 
-    def key_frame(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The teacher's output (the same ops, so bit-identical) and what later frames reuse."""
+    def key_frame(self, x: torch.Tensor, a: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The teacher's output (the same ops, so bit-identical) and what later frames reuse;
+        ``a``: the head features of ``x`` when already computed."""
         t = self.teacher
-        a = t.head(x)
+        a = t.head(x) if a is None else a
         f = t.body(a)
         y = t.tail(f)
         return y, {"a": a, "f": f, "y": y}

@@ -65,7 +65,8 @@ from torch import nn
 
 from fastv2v.errors import UserError
 from fastv2v.generators.base import SplitGenerator
-from fastv2v.methods.base import OnlineMethod, register
+from fastv2v.methods.adaptive import AdaptiveInterval, drift_score
+from fastv2v.methods.base import OnlineMethod, StreamState, register
 from fastv2v.methods.deform import blended_deform_conv2d, deform_conv2d, flow_sample, padded_rows
 
 __all__ = ["HetConv", "ShortcutBlock", "ShortcutMethod"]
@@ -191,6 +192,16 @@ class ShortcutBlock(nn.Module):
 
     For streams: ``prepared = block.prepare_reference(a_ref, f_ref)`` once per key frame, then
     ``block.predict(a_t, prepared)`` per non-key frame; ``forward`` is exactly that.
+
+    ``reference_skip`` (not in the paper; off for the official architecture): add the key
+    frame's full body features, warped by the coarse offset (upsampled, in full-resolution
+    pixels), to the block's output, so the block learns a *correction* of the aligned reference.
+    The official block passes the reference through a ``hidden``-channel ReLU bottleneck and a
+    half-resolution alignment; measured on the shipped teachers (docs/shortcut.md) that path
+    alone, even perfectly aligned, renders worse than repeating the key frame, and in a CPU
+    training budget the block cannot learn its way past that. With the skip, and ``recon_ref``
+    starting at zero, the untrained block is exactly ``reuse`` and training only improves on it.
+    Cost: one bilinear warp of the body features per non-key frame.
     """
 
     def __init__(
@@ -200,6 +211,7 @@ class ShortcutBlock(nn.Module):
         groups: int = 4,
         global_layers: int = 2,
         local_layers: int = 3,
+        reference_skip: bool = False,
     ):
         super().__init__()
         if global_layers < 1 or local_layers < 1:
@@ -212,7 +224,10 @@ class ShortcutBlock(nn.Module):
             feature_channels=feature_channels, hidden=hidden, groups=groups,
             global_layers=global_layers, local_layers=local_layers,
         )  # fmt: skip
+        if reference_skip:
+            self.config["reference_skip"] = True  # absent for the official architecture
         self.feature_channels, self.hidden, self.groups = feature_channels, hidden, groups
+        self.reference_skip = bool(reference_skip)
         # Registration order = official key order.
         self.offset_generator_global = OffsetGenerator(2 * feature_channels, hidden, 2, global_layers, "offset_conv", groups)
         self.offset_generator_local = OffsetGenerator(2 * hidden, hidden, 27, local_layers, "offset_mask_conv", groups)
@@ -225,11 +240,13 @@ class ShortcutBlock(nn.Module):
         self.reset_parameters()
 
     # -----------------------------------------------------------------------------------------
-    def reset_parameters(self) -> None:
-        """The official initialisation: Xavier-normal (gain 0.02) for every conv weight, biases
-        as PyTorch creates them; the two deformable weights (``regular_conv``) uniform in
-        +-1/sqrt(fan_in); the final offset conv and offset/mask conv zero (weights and biases),
-        so the blending mask starts at 0.5 and all offsets at 0."""
+    def reset_parameters(self, gain: float = 0.02) -> None:
+        """The official initialisation: Xavier-normal (``gain`` 0.02, the official code's
+        ``init_gain``) for every conv weight, biases as PyTorch creates them; the two deformable
+        weights (``regular_conv``) uniform in +-1/sqrt(fan_in); the final offset conv and
+        offset/mask conv zero (weights and biases), so the blending mask starts at 0.5 and all
+        offsets at 0. ``gain=1`` (plain Xavier) trains much faster in short runs: with 0.02 the
+        block's output starts ~1e-4 of the features' scale and the feature losses barely move."""
         for name, m in self.named_modules():
             if isinstance(m, nn.Conv2d):
                 if name.endswith("regular_conv"):
@@ -238,10 +255,13 @@ class ShortcutBlock(nn.Module):
                 elif name.endswith("offset_conv") or name.endswith("offset_mask_conv"):
                     nn.init.zeros_(m.weight)
                 else:
-                    nn.init.xavier_normal_(m.weight, gain=0.02)
+                    nn.init.xavier_normal_(m.weight, gain=gain)
                     continue
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if self.reference_skip:  # start as the aligned reference itself (with zero offsets: reuse)
+            nn.init.zeros_(self.recon_ref.weight)
+            nn.init.zeros_(self.recon_ref.bias)
 
     # -----------------------------------------------------------------------------------------
     def _check(self, name: str, t: torch.Tensor, like: torch.Tensor | None = None) -> None:
@@ -289,7 +309,10 @@ class ShortcutBlock(nn.Module):
         d_ref = F.avg_pool2d(a_ref, 2)
         global_ref = F.conv2d(d_ref, w1[:, c:], b)
         global_ref[:, half:] += F.conv2d(d_ref, w3[half:], padding=1, groups=groups // 2)
-        return {"global_ref": global_ref, "table": table, "size": torch.tensor([h, w])}
+        prepared = {"global_ref": global_ref, "table": table, "size": torch.tensor([h, w])}
+        if self.reference_skip:
+            prepared["skip"] = padded_rows(f_ref)
+        return prepared
 
     def predict(
         self, a_t: torch.Tensor, prepared: dict[str, torch.Tensor], aligned: bool | None = None
@@ -358,8 +381,15 @@ class ShortcutBlock(nn.Module):
         recon = (self.recon_ref.weight[:, :, 0, 0].t(), self.recon_ref.bias)
         f_hat = blended_deform_conv2d(cr_t, f_al, offsets, mask, weight, then=[recon], channels_first=True)
         extras = {"mask": mask, "offsets": offsets, "global_offset": global_offset}
+        skip = None
+        if self.reference_skip:  # the full reference, warped by the coarse offset at full resolution
+            flow = 2 * F.interpolate(global_offset, size=(h, w), mode="bilinear", align_corners=False)
+            skip = flow_sample(prepared["skip"], flow, size=(h, w))
+            f_hat = f_hat + skip
         if self.training if aligned is None else aligned:
             extras["aligned"] = self.recon_ref(deform_conv2d(f_al, offsets, weight, padding=1))
+            if skip is not None:
+                extras["aligned"] = extras["aligned"] + skip
         return f_hat, extras
 
     def forward(
@@ -387,14 +417,29 @@ class ShortcutMethod(OnlineMethod):
 
     ``block`` defaults to a freshly initialised :class:`ShortcutBlock` sized for the teacher
     (untrained: for profiling and tests; load trained weights into ``method.block``).
+    ``interval="auto"`` (or an :class:`~fastv2v.methods.adaptive.AdaptiveInterval` as
+    ``schedule``) refreshes the reference when the head features drift, at the average cost of
+    the fixed interval ``target`` (default 3).
     """
 
     name = "shortcut"
     model_kind = "shortcut"  # the benchmark needs a trained bundle; an untrained block says nothing
     PREFIX = "shortcut."
 
-    def __init__(self, teacher: SplitGenerator, interval: int = 3, block: ShortcutBlock | None = None, **block_kwargs):
+    def __init__(
+        self,
+        teacher: SplitGenerator,
+        interval: int | str = 3,
+        block: ShortcutBlock | None = None,
+        *,
+        schedule: AdaptiveInterval | None = None,
+        **block_kwargs,
+    ):
+        if interval == "auto":
+            schedule, interval = schedule or AdaptiveInterval(3), 1
         super().__init__(teacher, interval)
+        if schedule is not None:
+            self.schedule = schedule
         channels = teacher.feature_channels
         if block is None:
             block = ShortcutBlock(feature_channels=channels, **block_kwargs)
@@ -410,6 +455,32 @@ class ShortcutMethod(OnlineMethod):
                 f"head gives {channels} channels (ngf {channels // 2}); use a block made for this teacher."
             )
         self.block = block
+        self._fast: tuple[Callable, Callable] | None = None
+
+    @property
+    def fast_parts(self) -> tuple[Callable, Callable]:
+        """``(head, tail)`` for non-key frames: the teacher's head and tail, equal to float
+        rounding and faster on the CPU (:mod:`fastv2v.generators.fast_parts`; elsewhere, and
+        under the MAC counter, they run the plain modules). Key frames never use them, so they
+        stay bit-identical to the teacher."""
+        if self._fast is None:
+            from fastv2v.generators.fast_parts import fast_head, fast_tail
+
+            self._fast = (fast_head(self.teacher, channels_last=True), fast_tail(self.teacher))
+        return self._fast
+
+    @classmethod
+    def from_model(
+        cls, path, *, interval: int | None = None, device: str | torch.device = "cpu", teacher: SplitGenerator | None = None
+    ) -> "ShortcutMethod":
+        """The method from a Shortcut-V2V model file (teacher + block + default interval);
+        ``interval`` None uses the file's; ``teacher``, when given, must be the file's teacher."""
+        from fastv2v.methods.shortcut_model import load_shortcut
+
+        model = load_shortcut(path, device=device, teacher=teacher)
+        if interval == "auto":
+            return cls(model.teacher, block=model.block, schedule=AdaptiveInterval(model.interval))
+        return cls(model.teacher, model.interval if interval is None else interval, block=model.block)
 
     def _prepared(self, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         n = len(self.PREFIX)
@@ -424,19 +495,42 @@ class ShortcutMethod(OnlineMethod):
                 f"feature sides: use frame sides that are multiples of {2 * stride} (--size)."
             )
 
-    def key_frame(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        y, reference = super().key_frame(x)
+    @property
+    def adaptive(self) -> bool:
+        return isinstance(self.schedule, AdaptiveInterval)
+
+    def step(self, x: torch.Tensor, state: StreamState) -> tuple[torch.Tensor, StreamState, bool]:
+        if not self.adaptive:
+            return super().step(x, state)
+        if state.since_key is None:
+            y, reference = self.key_frame(x)
+            return y, StreamState(since_key=1, reference=reference, schedule=self.schedule.start()), True
+        a = self.fast_parts[0](x)
+        self._check_frame(x, a)
+        score = drift_score(a, state.reference["a"])
+        key, schedule = self.schedule.decide(state.since_key, score, state.schedule)
+        if key:  # the plain head again: key frames are the teacher's own ops, bit for bit
+            y, reference = self.key_frame(x)
+            return y, StreamState(since_key=1, reference=reference, schedule=schedule), True
+        y = self.non_key_frame(x, state.reference, a)
+        return y, StreamState(since_key=state.since_key + 1, reference=state.reference, schedule=schedule), False
+
+    def key_frame(self, x: torch.Tensor, a: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        y, reference = super().key_frame(x, a)
         self._check_frame(x, reference["a"])
         prepared = self.block.prepare_reference(reference["a"], reference["f"])
         reference.update({self.PREFIX + k: v for k, v in prepared.items()})
         return y, reference
 
-    def non_key_frame(self, x: torch.Tensor, reference: dict[str, torch.Tensor]) -> torch.Tensor:
-        t = self.teacher
-        a = t.head(x)
-        self._check_frame(x, a)
+    def non_key_frame(
+        self, x: torch.Tensor, reference: dict[str, torch.Tensor], a: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        head, tail = self.fast_parts
+        if a is None:
+            a = head(x)
+            self._check_frame(x, a)
         f_hat, _ = self.block.predict(a, self._prepared(reference), aligned=False)
-        return t.tail(f_hat)
+        return tail(f_hat)
 
     # --- profiling ---------------------------------------------------------------------------
     def _scratch_reference(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -469,15 +563,35 @@ class ShortcutMethod(OnlineMethod):
         """Zero-argument callables for each part of a non-key frame on ``x`` (inputs of each part
         precomputed): ``head``, ``block`` (predict), ``tail``, and ``prepare`` (key-frame extra).
         For per-part timing and MAC profiles."""
+        head, tail = self.fast_parts
         with torch.no_grad():
             reference = self._scratch_reference(x)
             prepared = self._prepared(reference)
-            a = self.teacher.head(x)
+            a = head(x)
             f_hat, _ = self.block.predict(a, prepared, aligned=False)
-        t, b = self.teacher, self.block
+        b = self.block
         return {
-            "head": lambda: t.head(x),
+            "head": lambda: head(x),
             "block": lambda: b.predict(a, prepared, aligned=False),
-            "tail": lambda: t.tail(f_hat),
+            "tail": lambda: tail(f_hat),
             "prepare": lambda: b.prepare_reference(reference["a"], reference["f"]),
         }
+
+
+@register
+class ShortcutAuto(ShortcutMethod):
+    """Shortcut-V2V with the adaptive reference refresh; its interval is the *target* average
+    interval (the key-frame budget), so ``shortcut_auto`` at N costs what ``shortcut`` at N costs
+    on average (the benchmark compares them at equal amortised MACs)."""
+
+    name = "shortcut_auto"
+
+    def __init__(self, teacher: SplitGenerator, interval: int = 3, block: ShortcutBlock | None = None, **kwargs):
+        super().__init__(teacher, block=block, schedule=AdaptiveInterval(interval), **kwargs)
+
+    @classmethod
+    def from_model(cls, path, *, interval=None, device="cpu", teacher=None) -> "ShortcutAuto":
+        from fastv2v.methods.shortcut_model import load_shortcut
+
+        model = load_shortcut(path, device=device, teacher=teacher)
+        return cls(model.teacher, model.interval if interval is None else interval, block=model.block)

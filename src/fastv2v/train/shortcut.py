@@ -1,0 +1,388 @@
+"""Distil a Shortcut-V2V block from a frozen teacher (Chung et al., ICCV 2023, section 3.3).
+
+A sample is a pair of model inputs (frame k, frame k + d), d drawn uniformly from
+``1 .. max_gap`` (``interval - 1`` by default, the paper's rule; larger for the adaptive
+refresh, which may hold a reference longer). The teacher, frozen and in eval mode, gives the
+reference ``a_ref, f_ref, O_ref`` and the targets ``a_t, f_t, O_t``; the block predicts
+``f^_t = S(a_t, a_ref, f_ref)`` and the teacher's own tail renders ``O^_t`` (gradients flow
+through the frozen tail into the block). Losses, with the paper's weights:
+
+* feature L1 ``|f^_t - f_t|`` (x5),
+* alignment L1 between the *unmasked* warped reference features and ``f_t`` (x5),
+* output L1 ``|O^_t - O_t|`` (x10), and a perceptual loss (x10) only with a local VGG19 file,
+* LSGAN with a spectral-norm PatchGAN whose real samples are teacher outputs (x1),
+* temporal LSGAN with a spectral-norm 3-D PatchGAN on the (O_ref, O) pair (x1): real is
+  ``(O_ref, O_t)``, fake ``(O_ref, O^_t)``, and the block is trained to make its pair look
+  *real*. (The released code's generator-side temporal target is inverted, which trains the
+  block away from temporal consistency; this does not copy that.)
+
+Adam (2e-4, 0.5/0.999) for the block and both discriminators. Under ``torchrun`` it trains
+data-parallel like every fastv2v trainer (:mod:`fastv2v.train.distributed`). Checkpoints are atomic and
+resume exactly, as for the teacher (:mod:`fastv2v.train.state`); the run ends by writing one
+self-describing model file (teacher + block + interval, :mod:`fastv2v.methods.shortcut_model`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastv2v.errors import UserError
+from fastv2v.generators import load_generator
+from fastv2v.generators.base import SplitGenerator
+from fastv2v.generators.discriminators import NLayerDiscriminator
+from fastv2v.methods.shortcut import ShortcutBlock
+from fastv2v.methods.shortcut_model import ShortcutModel, save_shortcut, teacher_fingerprint
+from fastv2v.train.losses import GANLoss, VGGPerceptualLoss
+from fastv2v.train.distributed import DistributedContext, init_distributed
+from fastv2v.train.loop import LOG, check_run_folder, run_steps, seed_everything, truncate_log
+from fastv2v.train.state import load_training_state, save_training_state
+
+CHECKPOINT = "checkpoint.pt"
+EXPORT = "shortcut.safetensors"
+
+
+@dataclass
+class ShortcutTrainingConfig:
+    """Everything that defines a distillation run (stored in the checkpoint and the model file).
+
+    ``teacher``: the teacher's model file. ``hidden`` None: half the feature channels (the
+    paper's 64 for 128). ``max_gap`` None: ``interval - 1`` (at least 1). ``reference_skip``:
+    the block adds the warped full reference features (see :class:`ShortcutBlock`; False
+    trains the official architecture). ``init_gain``: the
+    block's Xavier gain; the official code's 0.02 starts the block's output near zero and
+    needs far more steps than a CPU run has, so plain Xavier (1.0) is the default here.
+    """
+
+    teacher: str = ""
+    out_dir: str = "runs/shortcut"
+    task: str | None = None
+    interval: int = 3
+    max_gap: int | None = None
+    hidden: int | None = None
+    global_layers: int = 2
+    local_layers: int = 3
+    groups: int = 4
+    init_gain: float = 1.0
+    reference_skip: bool = True
+    size: tuple[int, int] | None = None
+    batch: int = 4
+    steps: int = 2000
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    decay_steps: int = 0
+    lambda_feat: float = 5.0
+    lambda_align: float = 5.0
+    lambda_out: float = 10.0
+    lambda_gan: float = 1.0
+    lambda_temporal: float = 1.0
+    lambda_vgg: float = 10.0
+    vgg_weights: str | None = None
+    ndf: int = 32
+    n_layers_D: int = 3
+    checkpoint_every: int = 200
+    sample_every: int = 500
+    seed: int = 0
+    resume: bool = False
+    shuffle: bool = True
+    num_workers: int = 0
+    device: str = "cpu"
+
+    @property
+    def gaps(self) -> tuple[int, int]:
+        return 1, (max(1, self.interval - 1) if self.max_gap is None else self.max_gap)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["teacher"] = str(self.teacher)
+        out["out_dir"] = str(self.out_dir)
+        out["vgg_weights"] = None if self.vgg_weights is None else str(self.vgg_weights)
+        return json.loads(json.dumps(out))
+
+    def validate(self) -> None:
+        if int(self.interval) != self.interval or self.interval < 1:
+            raise UserError(f"the key-frame interval must be a whole number >= 1, not {self.interval}.")
+        if self.max_gap is not None and self.max_gap < 1:
+            raise UserError(f"max_gap must be at least 1 frame, not {self.max_gap}.")
+        for name in ("batch", "steps"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, not {getattr(self, name)}.")
+        for name in ("checkpoint_every", "sample_every", "decay_steps"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be 0 (off) or positive, not {getattr(self, name)}.")
+        if not self.teacher:
+            raise UserError("no teacher given; pass the teacher's model file with --teacher.")
+
+
+class TemporalPatchDiscriminator(nn.Module):
+    """3-D PatchGAN over a pair of frames (``N x C x 2 x H x W``): the first 3-D conv spans
+    both frames (kernel 2 x 4 x 4), the rest are per-time 1 x 4 x 4 convs, as a 2-D PatchGAN
+    with ``n_layers`` stride-2 layers; spectral norm, no norm layers, LeakyReLU 0.2."""
+
+    def __init__(self, input_nc: int = 3, ndf: int = 32, n_layers: int = 3):
+        super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
+        layers: list[nn.Module] = []
+        cin = input_nc
+        for n in range(n_layers + 1):
+            cout = ndf * min(2**n, 8)
+            kt = 2 if n == 0 else 1
+            stride = (1, 2, 2) if n < n_layers else (1, 1, 1)
+            layers += [nn.Conv3d(cin, cout, (kt, 4, 4), stride, (0, 1, 1)), nn.LeakyReLU(0.2, True)]
+            cin = cout
+        layers.append(nn.Conv3d(cin, 1, (1, 4, 4), 1, (0, 1, 1)))
+        self.model = nn.Sequential(*layers)
+        for m in self.model:
+            if isinstance(m, nn.Conv3d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+                nn.init.zeros_(m.bias)
+                sn(m)
+
+    def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.stack([before, after], dim=2))
+
+
+def build_models(
+    config: ShortcutTrainingConfig, teacher: SplitGenerator, device: str | torch.device | None = None
+) -> dict[str, nn.Module]:
+    """``{"block", "D" (PatchGAN), "D_T" (3-D PatchGAN)[, "vgg"]}`` in training mode."""
+    channels = teacher.feature_channels
+    hidden = config.hidden or channels // 2
+    try:
+        block = ShortcutBlock(
+            channels, hidden, config.groups, config.global_layers, config.local_layers, config.reference_skip
+        )
+        block.reset_parameters(gain=config.init_gain)
+    except ValueError as exc:
+        raise UserError(f"cannot build a Shortcut block for this teacher: {exc}.") from None
+    out_nc = teacher.output_nc
+    d = NLayerDiscriminator(out_nc, config.ndf, config.n_layers_D, norm="none", use_spectral_norm=True)
+    models: dict[str, nn.Module] = {"block": block, "D": d, "D_T": TemporalPatchDiscriminator(out_nc, config.ndf, config.n_layers_D)}
+    if config.vgg_weights and config.lambda_vgg > 0:
+        models["vgg"] = VGGPerceptualLoss(config.vgg_weights)
+    device = torch.device(device or config.device)
+    return {k: m.to(device).train() for k, m in models.items()}
+
+
+TRAINED = ("block", "D", "D_T")
+
+
+def build_optimizers(config: ShortcutTrainingConfig, models: Mapping[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
+    return {name: torch.optim.Adam(models[name].parameters(), lr=config.lr, betas=tuple(config.betas)) for name in TRAINED}
+
+
+@torch.no_grad()
+def teacher_targets(teacher: SplitGenerator, ref_input: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The frozen teacher on both frames of the pairs, in one batch: ``a/f/y`` of reference
+    and current frame."""
+    n = x.shape[0]
+    a = teacher.head(torch.cat([ref_input, x]))
+    f = teacher.body(a)
+    y = teacher.tail(f)
+    return {"a_ref": a[:n], "f_ref": f[:n], "y_ref": y[:n], "a_t": a[n:], "f_t": f[n:], "y_t": y[n:]}
+
+
+def distill_step(
+    models: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    teacher: SplitGenerator,
+    batch: Mapping[str, torch.Tensor],
+    config: ShortcutTrainingConfig,
+) -> dict[str, float]:
+    """One update of the block, then of both discriminators; returns the unweighted losses."""
+    block, d, d_t = models["block"], models["D"], models["D_T"]
+    device = next(block.parameters()).device
+    ref = batch["ref_input"].to(device=device, dtype=torch.float32)
+    x = batch["input"].to(device=device, dtype=torch.float32)
+    t = teacher_targets(teacher, ref, x)
+    f_hat, extras = block(t["a_t"], t["a_ref"], t["f_ref"], aligned=True)
+    y_hat = teacher.tail(f_hat)
+    gan = GANLoss("lsgan")
+
+    for net in (d, d_t):
+        net.requires_grad_(False)
+    try:
+        losses = {
+            "feat": F.l1_loss(f_hat, t["f_t"]),
+            "align": F.l1_loss(extras["aligned"], t["f_t"]),
+            "out": F.l1_loss(y_hat, t["y_t"]),
+            "gan": gan(d(y_hat)[-1], True, for_discriminator=False),
+            "temporal": gan(d_t(t["y_ref"], y_hat), True, for_discriminator=False),
+        }
+    finally:
+        for net in (d, d_t):
+            net.requires_grad_(True)
+    loss = (
+        config.lambda_feat * losses["feat"] + config.lambda_align * losses["align"] + config.lambda_out * losses["out"]
+        + config.lambda_gan * losses["gan"] + config.lambda_temporal * losses["temporal"]
+    )  # fmt: skip
+    if "vgg" in models:
+        losses["vgg"] = models["vgg"](y_hat, t["y_t"])
+        loss = loss + config.lambda_vgg * losses["vgg"]
+    optimizers["block"].zero_grad(set_to_none=True)
+    loss.backward()
+    optimizers["block"].step()
+
+    fake = y_hat.detach()
+    losses["D_real"] = gan(d(t["y_t"])[-1], True)
+    losses["D_fake"] = gan(d(fake)[-1], False)
+    losses["DT_real"] = gan(d_t(t["y_ref"], t["y_t"]), True)
+    losses["DT_fake"] = gan(d_t(t["y_ref"], fake), False)
+    optimizers["D"].zero_grad(set_to_none=True)
+    optimizers["D_T"].zero_grad(set_to_none=True)
+    (0.5 * (losses["D_real"] + losses["D_fake"] + losses["DT_real"] + losses["DT_fake"])).backward()
+    optimizers["D"].step()
+    optimizers["D_T"].step()
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def load_teacher(config: ShortcutTrainingConfig, device: str | torch.device | None = None) -> SplitGenerator:
+    """The frozen teacher: eval mode, no parameter gradients."""
+    teacher = load_generator(config.teacher, device=device or config.device)
+    return teacher.eval().requires_grad_(False)
+
+
+def distill_shortcut(
+    config: ShortcutTrainingConfig,
+    dataset: Iterable[Mapping[str, torch.Tensor]],
+    *,
+    sample_batch: Mapping[str, torch.Tensor] | list[Mapping[str, torch.Tensor]] | None = None,
+    progress: bool = True,
+    max_steps: int | None = None,
+    ctx: DistributedContext | None = None,
+) -> Path:
+    """Train (or with ``config.resume`` continue) a Shortcut block; returns the model file.
+
+    ``dataset`` yields ``{"ref_input", "input"}`` model inputs of frame pairs (e.g.
+    :func:`fastv2v.tasks.training_pairs` with ``pair_gap=config.gaps``). Writes into
+    ``config.out_dir``: ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end),
+    ``log.jsonl``, ``samples/step_NNNNNN.png`` (reference output | teacher | shortcut) and
+    ``shortcut.safetensors``. ``max_steps`` caps this call's steps (resume later). Under
+    ``torchrun`` (``ctx``, default :func:`~fastv2v.train.distributed.init_distributed`) it trains
+    data-parallel on chunks of the global batch; rank 0 writes the files.
+    """
+    config.validate()
+    owns_ctx = ctx is None
+    ctx = ctx or init_distributed(config.device)
+    try:
+        return _distill(config, dataset, ctx, sample_batch=sample_batch, progress=progress, max_steps=max_steps)
+    finally:
+        if owns_ctx:
+            ctx.shutdown()
+
+
+def _distill(config, dataset, ctx: DistributedContext, *, sample_batch, progress, max_steps) -> Path:
+    out = Path(config.out_dir)
+    ckpt = out / CHECKPOINT
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {config.device!r} was asked for but CUDA is not available; use device 'cpu'.")
+    ctx.local_batch_size(config.batch)
+    teacher = load_teacher(config, ctx.device)
+    fingerprint = teacher_fingerprint(teacher)
+    check_run_folder(out, ckpt, config.resume, ctx)
+
+    seed_everything(config.seed)
+    models = build_models(config, teacher, ctx.device)
+    optimizers = build_optimizers(config, models)
+    trained = {name: models[name] for name in TRAINED}  # plain modules: what checkpoints hold
+    step = 0
+    if config.resume:
+        state = load_training_state(ckpt, trained, optimizers)
+        step = state.step
+        saved = state.extra.get("teacher_fingerprint")
+        if saved is not None and saved != fingerprint:
+            raise UserError(
+                f"{ckpt} was trained with a different teacher (fingerprint {saved}, {config.teacher} is "
+                f"{fingerprint}); resume with the same --teacher."
+            )
+    if ctx.is_main:
+        truncate_log(out / LOG, step)
+    end = config.steps if max_steps is None else min(config.steps, step + max_steps)
+    sample = _collate(sample_batch)
+    step_models = {**models, **{name: ctx.wrap(m) for name, m in trained.items()}}  # DDP for the step
+
+    def checkpoint(at: int) -> None:
+        extra = {"config": config.to_dict(), "teacher_fingerprint": fingerprint, "world_size": ctx.world_size}
+        save_training_state(ckpt, at, trained, optimizers, extra)
+
+    def write_sample(at: int) -> None:
+        write_samples(out / "samples" / f"step_{at:06d}.png", teacher, models["block"], sample)
+
+    if step < end:
+        step = run_steps(
+            ctx, config, dataset, step=step, end=end, out=out, optimizers=optimizers,
+            train_step=lambda batch: distill_step(step_models, optimizers, teacher, batch, config),
+            checkpoint=checkpoint, check_batch=lambda batch: _check_batch(batch, teacher, config),
+            sample=write_sample if sample is not None else None, desc="shortcut", progress=progress,
+        )  # fmt: skip
+    elif ctx.is_main and not ckpt.is_file():
+        checkpoint(step)
+
+    export = out / EXPORT
+    if ctx.is_main:
+        training = {"config": config.to_dict(), "step": step, "complete": step >= config.steps}
+        block = models["block"]
+        was_training = block.training
+        save_shortcut(export, ShortcutModel(teacher, block.eval(), config.interval, {"training": training}))
+        block.train(was_training)
+    ctx.barrier()  # the other processes return once the files are in place
+    return export
+
+
+def _check_batch(batch: Mapping[str, Any], teacher: SplitGenerator, config: ShortcutTrainingConfig) -> None:
+    """A dataset / teacher mismatch as a sentence, not a conv error."""
+    if not isinstance(batch, Mapping) or "input" not in batch or "ref_input" not in batch:
+        raise UserError("distillation samples must be dicts with 'ref_input' and 'input' frame pairs (pair_gap set).")
+    x = batch["input"]
+    if x.dim() != 4 or x.shape[1] != teacher.input_nc:
+        raise UserError(
+            f"the data gives {tuple(x.shape[1:])} inputs but the teacher takes {teacher.input_nc} channels; "
+            "distil with data of the teacher's task."
+        )
+    h, w = x.shape[2:]
+    if config.size is not None and (h, w) != tuple(config.size):
+        raise UserError(f"the data is {h}x{w} but the run is configured for {config.size[0]}x{config.size[1]}.")
+    teacher.check_size(h, w, "the training data")
+    stride = 4  # head features at H/2 must have even sides for the block's half-resolution alignment
+    if h % stride or w % stride:
+        raise UserError(f"the training frames are {h}x{w}; Shortcut-V2V needs sides that are multiples of {stride}.")
+
+
+def _collate(sample: Any) -> dict[str, torch.Tensor] | None:
+    if sample is None:
+        return None
+    if not isinstance(sample, Mapping):
+        sample = torch.utils.data.default_collate(list(sample))
+    return {k: sample[k] if sample[k].dim() == 4 else sample[k].unsqueeze(0) for k in ("ref_input", "input")}
+
+
+@torch.no_grad()
+def write_samples(path: str | Path, teacher: SplitGenerator, block: ShortcutBlock, sample: Mapping[str, torch.Tensor]) -> None:
+    """PNG, one row per pair: reference output (what ``repeat`` shows) | teacher | shortcut."""
+    from torchvision.utils import save_image
+
+    from fastv2v.atomic import atomic_path
+
+    device = next(block.parameters()).device
+    ref = sample["ref_input"].to(device=device, dtype=torch.float32)
+    x = sample["input"].to(device=device, dtype=torch.float32)
+    t = teacher_targets(teacher, ref, x)
+    was_training = block.training
+    block.eval()
+    try:
+        y_hat = teacher.tail(block(t["a_t"], t["a_ref"], t["f_ref"])[0])
+    finally:
+        block.train(was_training)
+    rows = torch.stack([t["y_ref"], t["y_t"], y_hat], dim=1).flatten(0, 1)
+    grid = ((rows.clamp(-1, 1) + 1) / 2).cpu()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_image(grid, str(tmp), nrow=3, padding=2, format="png")

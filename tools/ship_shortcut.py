@@ -1,0 +1,114 @@
+"""Ship a distilled Shortcut-V2V model: store it in the package, evaluate it on held-out clips
+against the teacher and the naive baselines, and write its model card.
+
+    python tools/ship_shortcut.py --task scenes --run runs/shortcut-scenes --command "fastv2v distill shortcut ..."
+
+The run's ``shortcut.safetensors`` must have been distilled from the shipped teacher (checked by
+fingerprint); the card's numbers are computed from the stored file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastv2v.data.paired import heldout_clip
+from fastv2v.generators import load_generator
+from fastv2v.methods.base import Repeat, Reuse, run_online
+from fastv2v.methods.shortcut import ShortcutMethod
+from fastv2v.methods.shortcut_model import load_shortcut
+from fastv2v.metrics.profile import profile
+from fastv2v.tasks import WEIGHTS_DIR, shipped_teacher
+
+CLIPS = {"scenes": range(4), "edges": range(3)}
+
+
+def psnr_of(outputs, references, keys) -> tuple[float, float]:
+    """PSNR (dB) to the teacher over all frames and over non-key frames (from mean MSE)."""
+    mse = [float(((a - b) ** 2).mean() / 4) for a, b in zip(outputs, references)]
+    nonkey = [m for m, k in zip(mse, keys) if not k]
+
+    def db(values):
+        return 10 * np.log10(1 / np.mean(values)) if values and np.mean(values) > 0 else float("inf")
+
+    return db(mse), db(nonkey)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", required=True, choices=["scenes", "edges"])
+    parser.add_argument("--run", required=True, type=Path, help="distillation run folder")
+    parser.add_argument("--command", required=True, help="the exact command(s) that trained it")
+    parser.add_argument("--frames", type=int, default=40, help="frames per held-out clip (default 40)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    teacher = load_generator(shipped_teacher(args.task))
+    target = WEIGHTS_DIR / f"{args.task}_shortcut.safetensors"
+    load_shortcut(args.run / "shortcut.safetensors", teacher=teacher)  # refuses another teacher
+    shutil.copyfile(args.run / "shortcut.safetensors", target)
+    model = load_shortcut(target, teacher=teacher)
+    config = model.info["training"]["config"]
+    size = tuple(config.get("size") or (128, 256))
+
+    rows = []
+    with torch.no_grad():
+        for index in CLIPS[args.task]:
+            clip = heldout_clip(args.task, index, height=size[0], width=size[1], frames=args.frames)
+            xs = [teacher.encode_input(torch.from_numpy(np.stack([x]))) for x, _ in clip]
+            reference = [teacher(x) for x in xs]
+            for n in (2, 3, 4):
+                row = {"clip": clip.name, "frames": len(xs), "interval": n}
+                for name, method in (("shortcut", ShortcutMethod(teacher, n, block=model.block)),
+                                     ("repeat", Repeat(teacher, n)), ("reuse", Reuse(teacher, n))):  # fmt: skip
+                    out = list(run_online(method, xs))
+                    row[name] = psnr_of([y for y, _ in out], reference, [k for _, k in out])
+                rows.append(row)
+    x = torch.zeros(1, teacher.input_nc, *size)
+    full = profile(teacher, x)
+    nonkey = profile(ShortcutMethod(teacher, 3, block=model.block).non_key_path(), x)
+    block_params = sum(p.numel() for p in model.block.parameters())
+
+    lines = [
+        f"# Model card: `{target.name}`",
+        "",
+        f"- **What:** a Shortcut-V2V block distilled from the shipped `{args.task}_teacher.safetensors` (the file "
+        "carries that teacher too: `fastv2v translate in.mp4 out.mp4 --model` this file).",
+        f"- **Block:** {model.block.config}, {block_params / 1e6:.3f} M parameters "
+        f"(teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.2f} M); reference skip "
+        f"{'on' if model.block.reference_skip else 'off'} (docs/shortcut.md).",
+        f"- **Default interval:** {model.interval}; trained on pairs 1..{config.get('max_gap') or model.interval - 1} "
+        "frames apart.",
+        f"- **Training:** {model.info['training']['step']} steps of batch {config['batch']} at {size[0]}x{size[1]}, "
+        f"lr {config['lr']} (linear decay over the last {config['decay_steps']}), losses feature L1 x5, alignment "
+        "L1 x5, output L1 x10, LSGAN x1, temporal LSGAN x1, on 2 CPU cores.",
+        f"- **Command:** `{args.command}`",
+        f"- **Cost at {size[0]}x{size[1]}:** teacher {full.macs_exact / 1e9:.2f} G exact / {full.macs_paper / 1e9:.2f} "
+        f"G paper MACs per frame; non-key frame {nonkey.macs_exact / 1e9:.2f} G / {nonkey.macs_paper / 1e9:.2f} G "
+        f"({full.macs_exact / nonkey.macs_exact:.2f}x / {full.macs_paper / nonkey.macs_paper:.2f}x fewer).",
+        "",
+        "## Held-out fidelity to the teacher (PSNR in dB over all frames / non-key frames only)",
+        "",
+        "| clip | interval | shortcut | repeat | reuse |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = " | ".join(f"{r[m][0]:.2f} / {r[m][1]:.2f}" for m in ("shortcut", "repeat", "reuse"))
+        lines.append(f"| {r['clip']} | {r['interval']} | {cells} |")
+    for n in (2, 3, 4):
+        sel = [r for r in rows if r["interval"] == n]
+        mean = {m: np.mean([r[m][1] for r in sel]) for m in ("shortcut", "repeat", "reuse")}
+        lines.append(f"| **mean** | {n} | **{mean['shortcut']:.2f}** | {mean['repeat']:.2f} | {mean['reuse']:.2f} |")
+    lines += ["", f"Measured by `python tools/ship_shortcut.py --task {args.task} ...` from the stored file "
+              f"({args.frames} frames per clip; the mean row averages non-key PSNR over clips)."]  # fmt: skip
+    (WEIGHTS_DIR / f"{args.task}_shortcut.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
