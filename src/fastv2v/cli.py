@@ -113,14 +113,18 @@ def _online_method(args: argparse.Namespace, model):
     import fastv2v.methods  # noqa: F401  (registers every method)
     from fastv2v.methods.base import METHODS
     from fastv2v.methods.shortcut_model import ShortcutModel, check_teacher
+    from fastv2v.methods.student_model import StudentModel
+    from fastv2v.methods.student_model import check_teacher as check_student_teacher
 
-    bundle = model if isinstance(model, ShortcutModel) else None
+    bundle = model if isinstance(model, (ShortcutModel, StudentModel)) else None
     generator = bundle.teacher if bundle else model
     if bundle and args.teacher:
         from fastv2v.generators import load_generator
 
-        check_teacher(bundle, load_generator(args.teacher), args.model)
-    name = args.method or ("shortcut" if bundle else "teacher")
+        check = check_student_teacher if isinstance(bundle, StudentModel) else check_teacher
+        check(bundle, load_generator(args.teacher), args.model)
+    default = {"shortcut": "shortcut", "student": "fast"}.get(bundle.kind) if bundle else "teacher"
+    name = args.method or default
     if name not in METHODS:
         raise UserError(f"unknown --method {name!r}; use one of {', '.join(sorted(METHODS))}.")
     if args.interval == "auto" and name not in ("shortcut", "shortcut_auto"):
@@ -130,6 +134,8 @@ def _online_method(args: argparse.Namespace, model):
         if bundle is None or cls.model_kind != bundle.kind:
             raise UserError(f"--method {name} needs a trained {cls.model_kind} model file (made by `fastv2v distill "
                             f"{cls.model_kind}`), not the generator {args.model}; pass that file with --model.")  # fmt: skip
+        if cls.model_kind == "student":  # spatial, fast (Fast-Vid2Vid)
+            return generator, cls.from_bundle(bundle, args.interval, getattr(args, "keyframes", None))
         interval = bundle.interval if args.interval is None else args.interval
         if interval == "auto" or name == "shortcut_auto":
             from fastv2v.methods.adaptive import AdaptiveInterval
@@ -146,7 +152,7 @@ def _online_method(args: argparse.Namespace, model):
     if getattr(cls, "buffered", False):  # interpolation between key frames (interp, minterpolate)
         return generator, cls(generator, args.interval or 4, keyframes=keyframes)
     if keyframes is not None:
-        raise UserError(f"--keyframes is for the interpolating methods (interp, minterpolate), not --method {name}.")
+        raise UserError(f"--keyframes is for the interpolating methods (interp, minterpolate, fast), not --method {name}.")
     return generator, cls(generator, args.interval or 3)
 
 
@@ -272,6 +278,38 @@ def cmd_distill_shortcut(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill_student(args: argparse.Namespace) -> int:
+    import torch
+
+    from fastv2v.tasks import shipped_teacher, training_pairs
+    from fastv2v.train.distributed import is_main_process
+    from fastv2v.train.student import StudentTrainingConfig, distill_student
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    teacher = args.teacher or shipped_teacher(args.task)
+    if teacher is None:
+        raise UserError(f"this install ships no {args.task} teacher; pass your teacher's model file with --teacher.")
+    h, w = args.size
+    config = StudentTrainingConfig(
+        teacher=str(teacher), out_dir=args.out, task=args.task, body=args.body, width=args.width,
+        expansion=args.expansion, blocks=args.blocks, interval=args.interval, size=(h, w), batch=args.batch,
+        steps=args.steps, decay_steps=args.decay_steps, lr=args.lr, motion_weight=args.motion_weight,
+        vgg_weights=args.vgg_weights, temporal=args.temporal, max_gap=args.max_gap,
+        checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, seed=args.seed, resume=args.resume,
+        device=args.device, num_workers=args.workers,
+    )  # fmt: skip
+    config.validate()
+    data = training_pairs(args.task, "train", height=h, width=w, videos=args.data, clips=args.clips,
+                          pair_gap=config.gaps)  # fmt: skip
+    heldout = training_pairs(args.task, "heldout", height=h, width=w, videos=args.data, pair_gap=config.gaps)
+    samples = [heldout[i * max(1, len(heldout) // 4)] for i in range(4)]
+    export = distill_student(config, data, sample_batch=samples, progress=not args.quiet, max_steps=args.max_steps)
+    if is_main_process():  # under torchrun only rank 0 reports
+        print(f"wrote {export} (checkpoint, samples and log in {args.out})")
+    return 0
+
+
 def cmd_import_shortcut(args: argparse.Namespace) -> int:
     from fastv2v.methods.shortcut_import import import_official
     from fastv2v.methods.shortcut_model import save_shortcut
@@ -361,18 +399,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_runtime_options(p)
     p.add_argument("--method", default=None, help="teacher (every frame; the default for a generator), shortcut "
-                   "(the default for a Shortcut-V2V model file), sparse (recompute only changed tiles), repeat or "
-                   "reuse (naive baselines)")  # fmt: skip
-    p.add_argument("--interval", type=_interval, default=None, help="key-frame interval (shortcut: the model "
+                   "(the default for a Shortcut-V2V model file), fast (student key frames + interpolation; the "
+                   "default for a student model file) or spatial (the student on every frame), sparse (recompute "
+                   "only changed tiles), interp/minterpolate, repeat or reuse (naive baselines)")  # fmt: skip
+    p.add_argument("--interval", type=_interval, default=None, help="key-frame interval (shortcut, fast: the model "
                    "file's, repeat/reuse: 3), 'auto' (shortcut: refresh when the features drift, at the model's "
                    "interval on average), or the maximum interval between full passes (sparse, default 8)")  # fmt: skip
     p.add_argument("--max-interval", type=int, default=None, help="--interval auto: never hold a reference "
                    "longer than this (default: twice the average)")  # fmt: skip
-    p.add_argument("--teacher", default=None, help="with a Shortcut-V2V model file: check that it was distilled "
-                   "from this teacher")  # fmt: skip
+    p.add_argument("--teacher", default=None, help="with a Shortcut-V2V or student model file: check that it was "
+                   "distilled from this teacher")  # fmt: skip
     p.add_argument("--threshold", type=float, default=0.0, help="sparse: input change below this (in [-1, 1] "
                    "units) counts as unchanged (default 0: exact change tracking)")  # fmt: skip
-    p.add_argument("--keyframes", default=None, metavar="SPEC", help="interp/minterpolate (interpolate between "
+    p.add_argument("--keyframes", default=None, metavar="SPEC", help="interp/minterpolate/fast (interpolate between "
                    "key-frame outputs; adds up to one key gap of latency): fixed:N (default fixed:--interval, 4), "
                    "peaks (key frames at peaks of input change, Fast-Vid2Vid; peaks:window=5,min=2,max=12) or auto")  # fmt: skip
     p.set_defaults(func=cmd_translate)
@@ -461,6 +500,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_distill_shortcut)
+
+    p = distill.add_parser("student", help="train a Fast-Vid2Vid spatial student (half-resolution input, cheap "
+                           "body) for a frozen teacher; writes one model file with teacher and student")  # fmt: skip
+    p.add_argument("--task", required=True, choices=["scenes", "edges"], help="the teacher's task (training pairs)")
+    p.add_argument("--teacher", default=None, help="teacher model file (default: the task's shipped teacher)")
+    p.add_argument("--body", default="inverted", choices=["inverted", "resnet"], help="inverted: inverted-residual "
+                   "blocks (cheap, the default); resnet: the teacher's own body (only the input is halved)")  # fmt: skip
+    p.add_argument("--width", type=int, default=None, help="inverted body width (default: 2 ngf, the teacher's "
+                   "feature channels)")  # fmt: skip
+    p.add_argument("--expansion", type=int, default=4, help="inverted blocks' expansion (default 4)")
+    p.add_argument("--blocks", type=int, default=None, help="inverted blocks (default 4)")
+    p.add_argument("--interval", type=int, default=4, help="key-frame interval of --method fast stored in the "
+                   "file (default 4)")  # fmt: skip
+    p.add_argument("--motion-weight", type=float, default=1.0, help="the fastest-moving pixels weigh 1 + this "
+                   "in the output L1 (default 1; 0: plain L1)")  # fmt: skip
+    p.add_argument("--temporal", action="store_true", help="also part-time (temporal) distillation on pairs up to "
+                   "--max-gap frames apart (student on both frames; twice the step time)")  # fmt: skip
+    p.add_argument("--max-gap", type=int, default=None, help="--temporal: largest pair gap (default 3)")
+    p.add_argument("--data", nargs="*", default=None, help="edges: videos or folders (default: the sample clips)")
+    p.add_argument("--clips", type=int, default=64, help="scenes: synthetic training clips (default 64)")
+    p.add_argument("--size", type=_size, default=(128, 256), metavar="HxW", help="training size (default 128x256)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--steps", type=int, default=2000, help="total steps of the run (default 2000)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop this call after that many steps (resume later)")
+    p.add_argument("--decay-steps", type=int, default=0, help="linear lr decay to 0 over the last N steps")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--vgg-weights", default=None, help="local torchvision VGG19 weights for a perceptual loss")
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--sample-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, samples/, log.jsonl, student.safetensors")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_distill_student)
 
     imports = sub.add_parser("import", help="convert models trained with other code").add_subparsers(
         dest="what", required=True

@@ -1,7 +1,8 @@
 """One entry point for every model file fastv2v reads: ``fastv2v.load_model(path)``.
 
 A fastv2v ``.safetensors`` says what it holds (its metadata ``kind``): a teacher generator or
-a Shortcut-V2V bundle (teacher + block + interval). Upstream ``.pth`` generator files load as
+a Shortcut-V2V bundle (teacher + block + interval), or a Fast-Vid2Vid student bundle (teacher +
+student + interval). Upstream ``.pth`` generator files load as
 generators, their architecture read off the tensors.
 """
 
@@ -31,7 +32,9 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu", a
     """The model in ``path``, in eval mode: a :class:`~fastv2v.generators.SplitGenerator`, or a
     :class:`~fastv2v.methods.shortcut_model.ShortcutModel` whose ``.block`` is the Shortcut
     block (``block(a_t=..., a_ref=..., f_ref=...)`` returns the predicted body features first)
-    and ``.teacher`` the generator. ``arch`` / ``config``: for upstream generator files only."""
+    and ``.teacher`` the generator, or a :class:`~fastv2v.methods.student_model.StudentModel`
+    (Fast-Vid2Vid: ``.student`` the spatial student, ``.teacher`` the generator it was distilled
+    from). ``arch`` / ``config``: for upstream generator files only."""
     kind = model_kind(path)
     if kind == "generator":
         from fastv2v.generators import load_generator
@@ -41,4 +44,8 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu", a
         from fastv2v.methods.shortcut_model import load_shortcut
 
         return load_shortcut(path, device=device)
+    if kind == "student":
+        from fastv2v.methods.student_model import load_student
+
+        return load_student(path, device=device)
     raise UserError(f"{path} holds a {kind!r} model, which this version of fastv2v cannot run; upgrade fastv2v.")

@@ -3,6 +3,7 @@ every method under its ``bench.json`` name in :data:`fastv2v.methods.base.METHOD
 
 from fastv2v.methods import shortcut, sparse  # noqa: F401  (register "shortcut" and "sparse")
 from fastv2v.methods import interpolate  # noqa: F401  (register "interp" and "minterpolate")
+from fastv2v.methods import student  # noqa: F401  (register "spatial" and "fast", Fast-Vid2Vid)
 from fastv2v.methods.base import METHODS, OnlineMethod, register, run_online
 
 __all__ = ["METHODS", "OnlineMethod", "register", "run_online"]

@@ -8,19 +8,22 @@ that shows another scene for up to N - 1 frames (the limit the Shortcut-V2V pape
 the frame's head features against the key frame's (``mean |a_t - a_ref| / mean |a_ref|``; the
 head runs on every frame anyway, so the score costs one pass over a feature map and no MACs):
 
-* it keeps a running *unit*, the typical drift per frame of this video (an average of
-  ``score / frames since the key frame``, with outliers such as cuts clipped), so the rule
-  needs no per-video tuning;
-* it refreshes when the drift exceeds ``target x unit`` (what a fixed interval of ``target``
-  would tolerate on steady motion), scaled by ``2 ** (1 - credit)``;
-* *credit* is the key-frame budget: ``+1 / target`` per frame, ``-1`` per key frame, at most
-  4. A drift-triggered refresh needs a credit of at least 0, so the long-run key-frame rate,
-  and with it the amortised cost, is at most that of the fixed interval ``target``; key frames
-  saved on static stretches lower the threshold later, so they are spent where things move;
+* it keeps a running *unit*, the typical drift per frame of this video (a slow average of
+  ``score / frames since the key frame``, each sample clipped at 3 units so a cut only nudges
+  it), so the rule needs no per-video tuning; ``usual = target x unit`` is the drift a fixed
+  interval of ``target`` tolerates on steady motion;
+* *credit* is the key-frame budget: ``+1 / target`` per frame, ``-1`` per key frame, at most 4.
+  Within budget (credit >= 0) it refreshes once the drift reaches ``usual / 2 x 2 ** (1 -
+  credit)``: about every ``target`` frames on steady motion, later on static stretches (the
+  credit saved lowers the threshold afterwards, so key frames are spent where things move);
+* over budget only a *cut* refreshes: drift 3x faster than usual since the key frame. It
+  borrows, down to a credit of -2, so at most two key frames beyond the fixed interval's count
+  over a whole video, earned back before the next drift-triggered refresh;
 * ``max_interval`` forces a refresh however small the drift (a bound on staleness).
 
-A scene cut gives a drift many times the unit, so it refreshes as soon as the budget allows
-(at once unless a key frame was spent in the last ``target`` frames).
+So the long-run key-frame rate, and with it the amortised cost, is that of the fixed interval
+``target`` (plus at most two), and a scene cut refreshes at once. Measured against the fixed
+interval at equal cost: ``benchmarks/adaptive_refresh.py``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ import torch
 from fastv2v.errors import UserError
 
 MAX_CREDIT = 4.0
+MIN_CREDIT = -2.0  # borrowing for cuts: at most two key frames over the budget, then earned back
+DUE = 0.5  # with one key frame's credit, refresh at this fraction of the usual drift
+CUT = 3.0  # drift this many times faster than usual since the key frame: a cut, refresh even over budget
+EPS = 1e-9  # credit is a sum of 1/target steps: compare with a little slack
 UNIT_OUTLIER = 3.0  # per-frame drift counts at most this many units when the unit is updated
 UNIT_MOMENTUM = 0.97  # slow: the unit is the video's typical drift, not the last few frames'
 
@@ -66,14 +73,17 @@ class AdaptiveInterval:
         ``score``, becomes a key frame; and the new state."""
         credit = state["credit"] + 1.0 / self.target
         unit = state["unit"]
+        usual = self.target * unit if unit is not None else None
         if since_key >= self.max_interval:
             key = True
-        elif credit < 0:
-            key = False  # over budget: wait until the key frames spent are earned back
-        elif unit is None:
+        elif usual is None:
             key = since_key >= self.target
+        elif credit >= -EPS:  # within budget: refresh at the usual drift, sooner with credit saved
+            key = score >= DUE * usual * 2.0 ** (1.0 - credit)
+        elif credit >= MIN_CREDIT + 1 - EPS:  # over budget: only a cut borrows a key frame
+            key = score >= CUT * unit * since_key
         else:
-            key = score > self.target * unit * 2.0 ** (1.0 - credit)
+            key = False
         per_frame = score / since_key
         if unit is None:
             unit = per_frame

@@ -209,9 +209,14 @@ class KeyframeInterpolation(OnlineMethod):
                 s.pending.append(frame)
         return ready
 
+    def key_output(self, x: torch.Tensor) -> torch.Tensor:
+        """A key frame's output: the teacher, the same call as the teacher method, so
+        bit-identical (a subclass may put a cheaper model there, e.g. ``fast``'s student)."""
+        return self.teacher(x)
+
     def _close(self, s: BufferedState, frame: _Frame) -> list[tuple[torch.Tensor, bool]]:
-        """Run the teacher on ``frame`` (a key frame), then interpolate the frames before it."""
-        y = self.teacher(frame.x)  # the same call as the teacher method: bit-identical output
+        """Run the key model on ``frame`` (a key frame), then interpolate the frames before it."""
+        y = self.key_output(frame.x)
         key = _Key(frame.index, y, frame.picture, _u8(y))
         out: list[tuple[torch.Tensor, bool]] = []
         if s.pending:

@@ -48,7 +48,9 @@ tests/test_shortcut_block.py checks it against a direct transcription of the off
   In inference, where it pays in multiply-adds (the low-resolution global layers and the first
   local layer), the grouped conv's centre tap goes into the dense 1x1 conv as well and the
   grouped conv runs its 8 off-centre taps only (1/9 fewer of its multiply-adds; on ``a'_ref``
-  that centre tap also moves into the cached half-resolution map).
+  that centre tap also moves into the cached half-resolution map). At full resolution the 8
+  taps run as two dilated convs (fewer multiply-adds); in the half-resolution global layers as
+  the 3x3 conv with a zeroed centre (dilated convs leave oneDNN's fast path: slower there).
 * ``down`` (bilinear x1/2, align_corners=False, even sides) is exactly a 2x2 average pool
   (used for the cached maps; ``a_t`` keeps the bilinear call, which is faster on NCHW).
 * The deformable sampling itself is the fast channels-last gather of ``deform.py``.
@@ -120,24 +122,29 @@ def _centre_block(w3: torch.Tensor, groups: int, rows: tuple[int, int]) -> torch
     return F.pad(dense, (0, 0, top, total - top - dense.shape[0]))
 
 
-def _grouped3x3(x: torch.Tensor, w3: torch.Tensor, groups: int, centre: bool = True) -> torch.Tensor:
+def _grouped3x3(x: torch.Tensor, w3: torch.Tensor, groups: int, centre: bool = True, lean: bool = True) -> torch.Tensor:
     """Grouped 3x3 conv (zero padding 1, no bias); ``centre=False``: only its 8 off-centre taps,
-    as a (2, 3) conv over rows -1/+1 plus a (1, 2) conv over columns -1/+1 of the middle row."""
-    if centre:
+    with ``lean`` as a (2, 3) conv over rows -1/+1 plus a (1, 2) conv over columns -1/+1 of the
+    middle row (1/9 fewer multiply-adds, but dilated convs fall off oneDNN's fast path), else as
+    the 3x3 conv with its centre tap zeroed (faster where the multiply-adds are few)."""
+    if centre or not lean:
+        if not centre:
+            w3 = w3.clone()
+            w3[:, :, 1, 1] = 0
         return F.conv2d(x, w3, padding=1, groups=groups)
     y = F.conv2d(x, w3[:, :, 0::2, :], padding=(1, 1), dilation=(2, 1), groups=groups)
     y += F.conv2d(x, w3[:, :, 1:2, 0::2], padding=(0, 1), dilation=(1, 2), groups=groups)
     return y
 
 
-def _hetconv(layer: "HetConv", x: torch.Tensor, centre: bool = True) -> torch.Tensor:
+def _hetconv(layer: "HetConv", x: torch.Tensor, centre: bool = True, lean: bool = True) -> torch.Tensor:
     """``layer(x)`` with the grouped 1x1 conv folded (``centre=False``: the 3x3 conv's centre
     tap folded into the dense 1x1 conv too, the rest as 8 taps)."""
     w3, w1, b = layer.folded()
     if not centre:
         w1 = (w1[:, :, 0, 0] + _centre_block(w3, layer.groups, rows=(0, w3.shape[0])))[:, :, None, None]
     y = F.conv2d(x, w1, b)
-    y += _grouped3x3(x, w3, layer.groups, centre)
+    y += _grouped3x3(x, w3, layer.groups, centre, lean)
     return y
 
 
@@ -345,10 +352,11 @@ class ShortcutBlock(nn.Module):
             w1t = w1t + _centre_block(w3[:half], groups // 2, rows=(0, hid))
         g = F.conv2d(d_t, w1t[:, :, None, None])
         g += prepared["global_ref"]
-        g[:, :half] += _grouped3x3(d_t, w3[:half], groups // 2, centre=not inference)
+        # Half resolution: few multiply-adds, so the faster zeroed-centre form (lean=False).
+        g[:, :half] += _grouped3x3(d_t, w3[:half], groups // 2, centre=not inference, lean=False)
         g = g.relu_()
         for layer in het[1:]:
-            g = _hetconv(layer, g, centre=not inference).relu_()
+            g = _hetconv(layer, g, centre=not inference, lean=False).relu_()
         global_offset = gen_g.head(g)
         # Warp the cached conv-ed maps (conv-then-warp == the shared-offset deformable conv),
         # then bilinear x2. Channels-last from here on.

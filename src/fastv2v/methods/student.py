@@ -1,0 +1,179 @@
+"""Fast-Vid2Vid's methods (Zhuo et al., ECCV 2022): ``spatial`` and ``fast``.
+
+Both run the distilled spatial student (:mod:`fastv2v.generators.student`: half-resolution
+input, full-resolution output, a cheap body) instead of the teacher, and are built from a
+student model file (``model_kind = "student"``, :mod:`fastv2v.methods.student_model`), which
+carries the teacher too: the engine encodes frames with the teacher's ``encode_input`` (the
+student downsamples them itself) and the benchmark judges the outputs against that teacher.
+
+* ``spatial``: the student on every frame (spatial compression alone). Online and stateless,
+  so the engine's ``--batch`` runs whole batches in one call. No key-frame interval.
+* ``fast``: the whole of Fast-Vid2Vid: the student at key frames and the project's ``interp``
+  (:class:`~fastv2v.methods.interpolate.Interp`, optical-flow interpolation at each frame's true
+  position) between them; key frames are chosen by the same schedules as ``interp``
+  (``fixed:N``, ``peaks`` -- the paper's rule --, ``auto``), by default ``fixed:interval`` with
+  the model file's interval; the flow is measured between the two key frames (``flow="keys"``,
+  see :class:`Fast`). Buffered (``push``/``flush``): it needs the next key frame, so it adds up
+  to one key gap of latency.
+
+What ``key`` means here: the frame's output came from a full pass of the method's generator,
+which for these methods is the *student* (the teacher never runs). ``spatial`` marks every
+frame key; ``fast`` marks its key frames, whose outputs are the student's.
+
+On the CPU the student's tail (full-resolution transposed conv and 7x7 conv, half of its
+time) runs through :func:`~fastv2v.generators.fast_parts.fast_tail` (equal to float rounding;
+the plain modules under the MAC counter, with gradients, and off the CPU).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fastv2v.errors import UserError
+from fastv2v.generators.base import SplitGenerator
+from fastv2v.generators.student import SpatialStudent, student_from_teacher
+from fastv2v.methods.base import OnlineMethod, StreamState, register
+from fastv2v.methods.interpolate import Interp
+from fastv2v.methods.student_model import DEFAULT_INTERVAL, KIND, StudentModel, check_compatible, load_student
+
+__all__ = ["Fast", "Spatial", "StudentRunner"]
+
+
+class StudentRunner:
+    """``runner(x)`` = ``student(x)`` for inference, with the fast CPU tail. Follows the input's
+    device (the engine moves only the teacher)."""
+
+    def __init__(self, student: SpatialStudent):
+        self.student = student
+        self._tail = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.student
+        p = next(s.parameters(), None)
+        if p is not None and p.device != x.device:
+            s.to(x.device)
+        if self._tail is None:
+            from fastv2v.generators.fast_parts import fast_tail
+
+            self._tail = fast_tail(s)
+        return self._tail(s.body(s.head(s.downsample_input(x))))
+
+
+def _student_for(teacher: SplitGenerator, student: SpatialStudent | None, kwargs: dict[str, Any]) -> SpatialStudent:
+    if student is None:  # untrained, initialised from the teacher: for profiling and tests
+        student = student_from_teacher(teacher, **kwargs)
+    elif kwargs:
+        raise TypeError("give either a student or student settings, not both")
+    check_compatible(teacher, student)
+    p = next(teacher.parameters(), None)
+    if p is not None:
+        student = student.to(p.device)
+    return student.eval()
+
+
+def _params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@register
+class Spatial(OnlineMethod):
+    """The spatial student on every frame (Fast-Vid2Vid's spatial compression alone)."""
+
+    name = "spatial"
+    model_kind = KIND
+    uses_interval = False
+
+    def __init__(self, teacher: SplitGenerator, interval: int = 1, student: SpatialStudent | None = None,
+                 **student_kwargs):  # fmt: skip
+        super().__init__(teacher, 1)
+        self.student = _student_for(teacher, student, student_kwargs)
+        self.run = StudentRunner(self.student)
+
+    @classmethod
+    def from_model(cls, path, *, interval: int | None = None, device: str | torch.device = "cpu",
+                   teacher: SplitGenerator | None = None) -> "Spatial":  # fmt: skip
+        """From a student model file; ``interval`` is accepted (the benchmark passes one) and
+        unused; ``teacher``, when given, must be the file's teacher."""
+        return cls.from_bundle(load_student(path, device=device, teacher=teacher))
+
+    @classmethod
+    def from_bundle(cls, model: StudentModel, interval: Any = None, keyframes: Any = None) -> "Spatial":
+        """From a loaded bundle, with the command line's ``--interval``/``--keyframes`` (which
+        ``spatial`` does not take: every frame runs the student)."""
+        if interval is not None or keyframes is not None:
+            raise UserError("--method spatial runs the student on every frame and takes no --interval or "
+                            "--keyframes; use --method fast for key frames and interpolation.")  # fmt: skip
+        return cls(model.teacher, student=model.student)
+
+    def parameter_count(self) -> int:
+        return _params(self.student)  # the teacher only rides along in the file; it never runs
+
+    def step(self, x: torch.Tensor, state: StreamState) -> tuple[torch.Tensor, StreamState, bool]:
+        return self.run(x), state, True
+
+    def __call__(self, x: torch.Tensor, state: StreamState) -> tuple[torch.Tensor, StreamState]:
+        """Stateless, so a whole batch runs in one call."""
+        return self.run(x), state
+
+    def non_key_path(self):
+        return self.run
+
+    def describe(self) -> dict[str, Any]:
+        return {"student": _summary(self.student)}
+
+
+@register
+class Fast(Interp):
+    """Fast-Vid2Vid: the spatial student at key frames, ``interp`` between them (see the module
+    docstring). ``interval``/``keyframes`` as for ``interp``; ``interp_kwargs`` (``flow``,
+    ``preset``, ...) go to :class:`~fastv2v.methods.interpolate.Interp`, except that ``flow``
+    defaults to ``"keys"`` for every input (flow between the two key frames only, as
+    Fast-Vid2Vid's interpolation; on label maps that is ``interp``'s own choice): on picture
+    inputs ``interp``'s ``"direct"`` flow costs four DIS flows per in-between frame, about
+    15 ms at 128x256 on one CPU thread, which alone would cap ``fast`` near 3.5x the teacher's
+    speed; ``"keys"`` costs two flows per key gap (edges, gap 4, teacher key frames: 0.3 dB
+    lower PSNR to the teacher on the in-between frames than ``"direct"``, 1.4x faster)."""
+
+    name = "fast"
+    model_kind = KIND
+    uses_interval = True
+
+    def __init__(self, teacher: SplitGenerator, interval: int = DEFAULT_INTERVAL, keyframes: Any = None, *,
+                 student: SpatialStudent | None = None, student_kwargs: dict | None = None,
+                 **interp_kwargs):  # fmt: skip
+        interp_kwargs.setdefault("flow", "keys")
+        super().__init__(teacher, interval, keyframes, **interp_kwargs)
+        self.student = _student_for(teacher, student, dict(student_kwargs or {}))
+        self.run = StudentRunner(self.student)
+
+    @classmethod
+    def from_model(cls, path, *, interval: int | None = None, device: str | torch.device = "cpu",
+                   teacher: SplitGenerator | None = None, keyframes: Any = None) -> "Fast":  # fmt: skip
+        """From a student model file; ``interval`` None: the file's; ``teacher``, when given, must
+        be the file's teacher."""
+        return cls.from_bundle(load_student(path, device=device, teacher=teacher), interval, keyframes)
+
+    @classmethod
+    def from_bundle(cls, model: StudentModel, interval: Any = None, keyframes: Any = None) -> "Fast":
+        if interval == "auto":
+            raise UserError("--interval auto is for --method shortcut; for --method fast use --keyframes auto "
+                            "(adaptive key frames) or a whole-number --interval.")  # fmt: skip
+        return cls(model.teacher, model.interval if interval is None else interval, keyframes,
+                   student=model.student)  # fmt: skip
+
+    def key_output(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)
+
+    def parameter_count(self) -> int:
+        return _params(self.student)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "student": _summary(self.student)}
+
+
+
+def _summary(student: SpatialStudent) -> dict[str, Any]:
+    c = student.config
+    return {"body": c["body"], "width": c["width"], "blocks": c["n_blocks"], "expansion": c["expansion"]}

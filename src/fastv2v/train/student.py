@@ -1,0 +1,468 @@
+"""Distil Fast-Vid2Vid's spatially low-demand student from a frozen teacher (Zhuo et al., ECCV
+2022, spatial knowledge distillation; GAN Compression's mapped feature distillation).
+
+A sample is a pair of consecutive model inputs (frame k, frame k + 1; see
+:func:`fastv2v.tasks.training_pairs` with ``pair_gap=1``). The student
+(:class:`~fastv2v.generators.student.SpatialStudent`, initialised from the teacher where the
+layers exist in both) runs on frame k + 1 downsampled by 2; the frozen teacher, in eval mode,
+on the full-resolution frame gives the targets: its output ``O_t`` and its body output
+``f_t``. Losses (weights in :class:`StudentTrainingConfig`):
+
+* **motion-weighted output L1** (x10): ``mean(w * |O_s - O_t|)`` where ``w`` is the motion mask
+  of Fast-Vid2Vid's spatial KD: the optical flow (OpenCV DIS, :mod:`fastv2v.flow`) from frame
+  k + 1 to frame k, measured on the inputs (pictures; label maps as one grey level per class),
+  ``w = 1 + motion_weight * |flow| / max |flow|``, normalised to mean 1 per frame, so moving
+  regions weigh up to ``1 + motion_weight`` times more than still ones and the loss keeps the
+  scale of a plain L1;
+* **feature L1** (x5) between the student's body output through a 1x1 mapping conv
+  (:func:`~fastv2v.generators.student.feature_mapping`, trained with the student, dropped at
+  export) and the teacher's body output, both C channels at H/2;
+* **LSGAN** (x1) with a spectral-norm PatchGAN whose real samples are teacher outputs;
+* **perceptual** VGG-19 loss (x10), only with a local weights file (``vgg_weights``);
+* optional **part-time (temporal) distillation** (``temporal=True``, Fast-Vid2Vid's temporal
+  KD, adapted to a per-frame student): pairs ``(k, k + d)`` with ``d`` up to ``max_gap`` (a
+  subsampled clip); the student runs on both frames, the output L1 covers both, and a
+  temporal term (x``lambda_temporal``) asks the student's motion-compensated change between
+  the two frames to equal the teacher's: ``|(S_{k+d} - warp(S_k, F)) - (T_{k+d} - warp(T_k,
+  F))|`` with ``F`` the DIS flow from ``T_{k+d}`` to ``T_k`` (teacher outputs). The paper's flow
+  L1 between the student's and the teacher's output flows needs a differentiable flow network
+  (FlowNet2); this warp form is the same constraint with the non-differentiable DIS flow held
+  fixed.
+
+Adam (2e-4, 0.5/0.999) for student + mapping and for the discriminator. Under ``torchrun`` it
+trains data-parallel like every fastv2v trainer (:mod:`fastv2v.train.distributed`, the shared
+step loop :func:`fastv2v.train.loop.run_steps`). Checkpoints are atomic and resume exactly
+(:mod:`fastv2v.train.state`); the run ends by writing one self-describing model file (teacher +
+student + the ``fast`` method's default interval, :mod:`fastv2v.methods.student_model`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastv2v.errors import UserError
+from fastv2v.generators import load_generator
+from fastv2v.generators.base import SplitGenerator
+from fastv2v.generators.discriminators import NLayerDiscriminator
+from fastv2v.generators.student import BODIES, SpatialStudent, feature_mapping, student_from_teacher
+from fastv2v.methods.shortcut_model import teacher_fingerprint
+from fastv2v.methods.student_model import StudentModel, save_student
+from fastv2v.train.distributed import DistributedContext, init_distributed
+from fastv2v.train.losses import GANLoss, VGGPerceptualLoss
+from fastv2v.train.loop import LOG, check_run_folder, run_steps, seed_everything, truncate_log
+from fastv2v.train.state import load_training_state, save_training_state
+
+CHECKPOINT = "checkpoint.pt"
+EXPORT = "student.safetensors"
+
+
+@dataclass
+class StudentTrainingConfig:
+    """Everything that defines a student distillation run (stored in the checkpoint and the file).
+
+    ``body``/``width``/``expansion``/``blocks``/``activation``: the student
+    (:func:`~fastv2v.generators.student.student_from_teacher`; None: its defaults).
+    ``interval``: the ``fast`` method's default key-frame interval written into the model file.
+    ``motion_weight``: how much more the fastest-moving pixels weigh in the output L1 (0: a plain
+    L1). ``flow_preset``: DIS preset of the motion mask and the temporal term. ``temporal``: the
+    part-time distillation, on pairs up to ``max_gap`` frames apart (default 3).
+    """
+
+    teacher: str = ""
+    out_dir: str = "runs/student"
+    task: str | None = None
+    body: str = "inverted"
+    width: int | None = None
+    expansion: int = 4
+    blocks: int | None = None
+    activation: str = "relu"
+    interval: int = 4
+    size: tuple[int, int] | None = None
+    batch: int = 4
+    steps: int = 2000
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    decay_steps: int = 0
+    lambda_out: float = 10.0
+    motion_weight: float = 1.0
+    flow_preset: str = "fast"
+    lambda_feat: float = 5.0
+    lambda_gan: float = 1.0
+    lambda_vgg: float = 10.0
+    vgg_weights: str | None = None
+    temporal: bool = False
+    max_gap: int | None = None
+    lambda_temporal: float = 10.0
+    ndf: int = 32
+    n_layers_D: int = 3
+    checkpoint_every: int = 200
+    sample_every: int = 500
+    seed: int = 0
+    resume: bool = False
+    shuffle: bool = True
+    num_workers: int = 0
+    device: str = "cpu"
+
+    @property
+    def gaps(self) -> int | tuple[int, int]:
+        """``pair_gap`` for :func:`fastv2v.tasks.training_pairs`: consecutive frames, or with
+        ``temporal`` gaps 1..max_gap (default 3)."""
+        return (1, self.max_gap or 3) if self.temporal else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["teacher"] = str(self.teacher)
+        out["out_dir"] = str(self.out_dir)
+        out["vgg_weights"] = None if self.vgg_weights is None else str(self.vgg_weights)
+        return json.loads(json.dumps(out))
+
+    def validate(self) -> None:
+        from fastv2v.flow import DIS_PRESETS
+
+        if not self.teacher:
+            raise UserError("no teacher given; pass the teacher's model file with --teacher.")
+        if self.body not in BODIES:
+            raise UserError(f"unknown student body {self.body!r}; use one of {', '.join(BODIES)}.")
+        if int(self.interval) != self.interval or self.interval < 1:
+            raise UserError(f"the key-frame interval must be a whole number >= 1, not {self.interval}.")
+        for name in ("batch", "steps", "expansion"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, not {getattr(self, name)}.")
+        for name in ("width", "max_gap"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, not {getattr(self, name)}.")
+        if self.blocks is not None and self.blocks < 0:
+            raise UserError(f"blocks must be 0 or more, not {self.blocks}.")
+        for name in ("checkpoint_every", "sample_every", "decay_steps"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be 0 (off) or positive, not {getattr(self, name)}.")
+        if self.motion_weight < 0:
+            raise UserError(f"motion_weight must be 0 (plain L1) or positive, not {self.motion_weight}.")
+        if self.flow_preset not in DIS_PRESETS:
+            raise UserError(f"unknown flow preset {self.flow_preset!r}; use one of {', '.join(DIS_PRESETS)}.")
+
+
+class StudentTrainee(nn.Module):
+    """The student and its feature mapping, trained together (one module, so one DDP wrapper
+    sees every parameter): ``forward(x) -> (output, mapped body output)``."""
+
+    def __init__(self, student: SpatialStudent, mapping: nn.Module):
+        super().__init__()
+        self.student, self.mapping = student, mapping
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, f = self.student(x, features=True)
+        return y, self.mapping(f)
+
+
+def make_student(config: StudentTrainingConfig, teacher: SplitGenerator) -> SpatialStudent:
+    kwargs = {"body": config.body, "expansion": config.expansion, "activation": config.activation}
+    if config.body == "inverted":
+        kwargs.update(width=config.width, blocks=config.blocks)
+    try:
+        return student_from_teacher(teacher, **kwargs)
+    except ValueError as exc:
+        raise UserError(f"cannot build a student for this teacher: {exc}.") from None
+
+
+def build_models(
+    config: StudentTrainingConfig, teacher: SplitGenerator, device: str | torch.device | None = None
+) -> dict[str, nn.Module]:
+    """``{"G" (student + mapping), "D" (PatchGAN)[, "vgg"]}`` in training mode."""
+    student = make_student(config, teacher)
+    mapping = feature_mapping(student.feature_channels, teacher.feature_channels)
+    d = NLayerDiscriminator(teacher.output_nc, config.ndf, config.n_layers_D, norm="none", use_spectral_norm=True)
+    models: dict[str, nn.Module] = {"G": StudentTrainee(student, mapping), "D": d}
+    if config.vgg_weights and config.lambda_vgg > 0:
+        models["vgg"] = VGGPerceptualLoss(config.vgg_weights)
+    device = torch.device(device or config.device)
+    return {k: m.to(device).train() for k, m in models.items()}
+
+
+TRAINED = ("G", "D")
+
+
+def build_optimizers(config: StudentTrainingConfig, models: Mapping[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
+    return {name: torch.optim.Adam(models[name].parameters(), lr=config.lr, betas=tuple(config.betas)) for name in TRAINED}
+
+
+# ---------------------------------------------------------------------------------------------
+# motion
+
+
+def flow_picture(x: torch.Tensor, label_nc: int) -> np.ndarray:
+    """One model input (C x H x W) as the grey uint8 picture optical flow is measured on:
+    pictures as their grey level, label maps as one grey level per class (spread over 0..255)."""
+    if label_nc:
+        labels = x[:label_nc].argmax(0).to(torch.int32).cpu().numpy()
+        return (labels * (255 // max(label_nc - 1, 1))).astype(np.uint8)
+    from fastv2v.flow import to_gray
+
+    u8 = ((x[:3].detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    if u8.shape[0] == 1:
+        return np.ascontiguousarray(u8[0])
+    return to_gray(np.ascontiguousarray(u8.transpose(1, 2, 0)))
+
+
+def motion_weights(frames: torch.Tensor, others: torch.Tensor, label_nc: int, strength: float,
+                   preset: str = "fast") -> torch.Tensor:  # fmt: skip
+    """Per-pixel loss weights ``N x 1 x H x W`` for ``frames`` from the flow to ``others`` (the
+    neighbouring frames): ``1 + strength * |flow| / max |flow|``, normalised to mean 1 per frame
+    (all ones for ``strength`` 0 or a still pair)."""
+    n, _, h, w = frames.shape
+    out = torch.ones(n, 1, h, w)
+    if strength <= 0:
+        return out.to(frames.device)
+    from fastv2v.flow import estimate_flow
+
+    for i in range(n):
+        flow = estimate_flow(flow_picture(frames[i], label_nc), flow_picture(others[i], label_nc), preset)
+        magnitude = torch.from_numpy(np.sqrt((flow.astype(np.float32) ** 2).sum(-1)))
+        top = float(magnitude.max())
+        if top > 1e-3:
+            weight = 1.0 + strength * magnitude / top
+            out[i, 0] = weight / weight.mean()
+    return out.to(frames.device)
+
+
+def output_flows(before: torch.Tensor, after: torch.Tensor, preset: str = "fast") -> torch.Tensor:
+    """DIS flows ``N x 2 x H x W`` from each output of ``after`` to the one of ``before``
+    (``after(x) ~ before(x + flow(x))``), measured on the outputs' grey pictures."""
+    from fastv2v.flow import estimate_flow
+
+    flows = [
+        torch.from_numpy(estimate_flow(flow_picture(a, 0), flow_picture(b, 0), preset)).permute(2, 0, 1)
+        for a, b in zip(after, before)
+    ]
+    return torch.stack(flows).to(before.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# one step
+
+
+@torch.no_grad()
+def teacher_targets(teacher: SplitGenerator, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The frozen teacher's body output ``f`` and output ``y`` on full-resolution inputs."""
+    f = teacher.body(teacher.head(x))
+    return {"f": f, "y": teacher.tail(f)}
+
+
+def distill_step(
+    models: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    teacher: SplitGenerator,
+    batch: Mapping[str, torch.Tensor],
+    config: StudentTrainingConfig,
+) -> dict[str, float]:
+    """One update of student + mapping, then of the discriminator; returns the unweighted losses."""
+    g, d = models["G"], models["D"]
+    device = next(g.parameters()).device
+    ref = batch["ref_input"].to(device=device, dtype=torch.float32)
+    x = batch["input"].to(device=device, dtype=torch.float32)
+    n = x.shape[0]
+    label_nc = teacher.label_nc
+    if config.temporal:  # part-time: the student on both frames of the (subsampled) pair
+        inputs = torch.cat([ref, x])
+        weight = motion_weights(inputs, torch.cat([x, ref]), label_nc, config.motion_weight, config.flow_preset)
+    else:
+        inputs = x
+        weight = motion_weights(x, ref, label_nc, config.motion_weight, config.flow_preset)
+    t = teacher_targets(teacher, inputs)
+    y_hat, f_hat = g(inputs)
+    gan = GANLoss("lsgan")
+
+    d.requires_grad_(False)
+    try:
+        losses = {
+            "out": (weight * (y_hat - t["y"]).abs()).mean(),
+            "feat": F.l1_loss(f_hat, t["f"]),
+            "gan": gan(d(y_hat)[-1], True, for_discriminator=False),
+        }
+    finally:
+        d.requires_grad_(True)
+    loss = config.lambda_out * losses["out"] + config.lambda_feat * losses["feat"] + config.lambda_gan * losses["gan"]
+    if "vgg" in models:
+        losses["vgg"] = models["vgg"](y_hat, t["y"])
+        loss = loss + config.lambda_vgg * losses["vgg"]
+    if config.temporal:
+        from fastv2v.flow import warp
+
+        flow = output_flows(t["y"][:n], t["y"][n:], config.flow_preset)
+        student_change = y_hat[n:] - warp(y_hat[:n], flow)
+        teacher_change = t["y"][n:] - warp(t["y"][:n], flow)
+        losses["temporal"] = F.l1_loss(student_change, teacher_change)
+        loss = loss + config.lambda_temporal * losses["temporal"]
+    optimizers["G"].zero_grad(set_to_none=True)
+    loss.backward()
+    optimizers["G"].step()
+
+    losses["D_real"] = gan(d(t["y"])[-1], True)
+    losses["D_fake"] = gan(d(y_hat.detach())[-1], False)
+    optimizers["D"].zero_grad(set_to_none=True)
+    (0.5 * (losses["D_real"] + losses["D_fake"])).backward()
+    optimizers["D"].step()
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def load_teacher(config: StudentTrainingConfig, device: str | torch.device | None = None) -> SplitGenerator:
+    """The frozen teacher: eval mode, no parameter gradients."""
+    teacher = load_generator(config.teacher, device=device or config.device)
+    return teacher.eval().requires_grad_(False)
+
+
+def distill_student(
+    config: StudentTrainingConfig,
+    dataset: Iterable[Mapping[str, torch.Tensor]],
+    *,
+    sample_batch: Mapping[str, torch.Tensor] | list[Mapping[str, torch.Tensor]] | None = None,
+    progress: bool = True,
+    max_steps: int | None = None,
+    ctx: DistributedContext | None = None,
+) -> Path:
+    """Train (or with ``config.resume`` continue) a spatial student; returns the model file.
+
+    ``dataset`` yields ``{"ref_input", "input"}`` model inputs of frame pairs
+    (:func:`fastv2v.tasks.training_pairs` with ``pair_gap=config.gaps``). Writes into
+    ``config.out_dir``: ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end),
+    ``log.jsonl``, ``samples/step_NNNNNN.png`` (teacher | student | motion weights) and
+    ``student.safetensors``. ``max_steps`` caps this call's steps (resume later). Under
+    ``torchrun`` (``ctx``, default :func:`~fastv2v.train.distributed.init_distributed`) it trains
+    data-parallel on chunks of the global batch; rank 0 writes the files.
+    """
+    config.validate()
+    owns_ctx = ctx is None
+    ctx = ctx or init_distributed(config.device)
+    try:
+        return _distill(config, dataset, ctx, sample_batch=sample_batch, progress=progress, max_steps=max_steps)
+    finally:
+        if owns_ctx:
+            ctx.shutdown()
+
+
+def _distill(config, dataset, ctx: DistributedContext, *, sample_batch, progress, max_steps) -> Path:
+    out = Path(config.out_dir)
+    ckpt = out / CHECKPOINT
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {config.device!r} was asked for but CUDA is not available; use device 'cpu'.")
+    ctx.local_batch_size(config.batch)
+    teacher = load_teacher(config, ctx.device)
+    fingerprint = teacher_fingerprint(teacher)
+    check_run_folder(out, ckpt, config.resume, ctx)
+
+    seed_everything(config.seed)
+    models = build_models(config, teacher, ctx.device)
+    optimizers = build_optimizers(config, models)
+    trained = {name: models[name] for name in TRAINED}  # plain modules: what checkpoints hold
+    step = 0
+    if config.resume:
+        state = load_training_state(ckpt, trained, optimizers)
+        step = state.step
+        saved = state.extra.get("teacher_fingerprint")
+        if saved is not None and saved != fingerprint:
+            raise UserError(
+                f"{ckpt} was trained with a different teacher (fingerprint {saved}, {config.teacher} is "
+                f"{fingerprint}); resume with the same --teacher."
+            )
+    if ctx.is_main:
+        truncate_log(out / LOG, step)
+    end = config.steps if max_steps is None else min(config.steps, step + max_steps)
+    sample = _collate(sample_batch)
+    step_models = {**models, **{name: ctx.wrap(m) for name, m in trained.items()}}  # DDP for the step
+    student = models["G"].student
+
+    def checkpoint(at: int) -> None:
+        extra = {"config": config.to_dict(), "teacher_fingerprint": fingerprint, "world_size": ctx.world_size}
+        save_training_state(ckpt, at, trained, optimizers, extra)
+
+    def write_sample(at: int) -> None:
+        write_samples(out / "samples" / f"step_{at:06d}.png", teacher, student, sample, config)
+
+    if step < end:
+        step = run_steps(
+            ctx, config, dataset, step=step, end=end, out=out, optimizers=optimizers,
+            train_step=lambda batch: distill_step(step_models, optimizers, teacher, batch, config),
+            checkpoint=checkpoint, check_batch=lambda batch: _check_batch(batch, teacher, student, config),
+            sample=write_sample if sample is not None else None, desc="student", progress=progress,
+        )  # fmt: skip
+    elif ctx.is_main and not ckpt.is_file():
+        checkpoint(step)
+
+    export = out / EXPORT
+    if ctx.is_main:
+        training = {"config": config.to_dict(), "step": step, "complete": step >= config.steps}
+        was_training = student.training
+        save_student(export, StudentModel(teacher, student.eval(), config.interval, {"training": training}))
+        student.train(was_training)
+    ctx.barrier()  # the other processes return once the files are in place
+    return export
+
+
+def _check_batch(batch: Mapping[str, Any], teacher: SplitGenerator, student: SpatialStudent,
+                 config: StudentTrainingConfig) -> None:  # fmt: skip
+    """A dataset / teacher mismatch as a sentence, not a conv error."""
+    if not isinstance(batch, Mapping) or "input" not in batch or "ref_input" not in batch:
+        raise UserError("distillation samples must be dicts with 'ref_input' and 'input' frame pairs (pair_gap set).")
+    x = batch["input"]
+    if x.dim() != 4 or x.shape[1] != teacher.input_nc:
+        raise UserError(
+            f"the data gives {tuple(x.shape[1:])} inputs but the teacher takes {teacher.input_nc} channels; "
+            "distil with data of the teacher's task."
+        )
+    h, w = x.shape[2:]
+    if config.size is not None and (h, w) != tuple(config.size):
+        raise UserError(f"the data is {h}x{w} but the run is configured for {config.size[0]}x{config.size[1]}.")
+    teacher.check_size(h, w, "the training data")
+    student.check_size(h, w, "the training data")
+
+
+def _collate(sample: Any) -> dict[str, torch.Tensor] | None:
+    if sample is None:
+        return None
+    if not isinstance(sample, Mapping):
+        sample = torch.utils.data.default_collate(list(sample))
+    return {k: sample[k] if sample[k].dim() == 4 else sample[k].unsqueeze(0) for k in ("ref_input", "input")}
+
+
+@torch.no_grad()
+def write_samples(path: str | Path, teacher: SplitGenerator, student: SpatialStudent,
+                  sample: Mapping[str, torch.Tensor], config: StudentTrainingConfig) -> None:  # fmt: skip
+    """PNG, one row per pair: teacher | student | motion weights of the output L1 (white: the
+    largest weight of the row)."""
+    from torchvision.utils import save_image
+
+    from fastv2v.atomic import atomic_path
+
+    device = next(student.parameters()).device
+    ref = sample["ref_input"].to(device=device, dtype=torch.float32)
+    x = sample["input"].to(device=device, dtype=torch.float32)
+    y_t = teacher_targets(teacher, x)["y"]
+    was_training = student.training
+    student.eval()
+    try:
+        y_s = student(x)
+    finally:
+        student.train(was_training)
+    weight = motion_weights(x, ref, teacher.label_nc, max(config.motion_weight, 1.0), config.flow_preset)
+    weight = weight / weight.amax(dim=(2, 3), keepdim=True)
+    shown = (weight * 2 - 1).expand(-1, y_t.shape[1], -1, -1) if y_t.shape[1] in (1, 3) else None
+    columns = [y_t, y_s] + ([shown] if shown is not None else [])
+    rows = torch.stack(columns, dim=1).flatten(0, 1)
+    grid = ((rows.clamp(-1, 1) + 1) / 2).cpu()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_image(grid, str(tmp), nrow=len(columns), padding=2, format="png")
