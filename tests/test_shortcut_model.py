@@ -125,7 +125,7 @@ def test_import_reproduces_the_official_forward(tmp_path):
         f_official, mask_official, _ = official_forward(reference, a_t, a_ref, f_ref)
     scale = f_official.abs().max().item()
     assert (f_hat - f_official).abs().max().item() <= 1e-4 * scale  # float32 rounding
-    assert torch.allclose(extras["mask"], mask_official, atol=1e-5)
+    assert torch.allclose(extras["mask"], mask_official, atol=1e-4)  # mask logits reach ~50 with these weights
     x = clip(1, 3)[0]
     with torch.no_grad():
         assert torch.equal(model.teacher(x), make_teacher()(x))

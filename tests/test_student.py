@@ -126,7 +126,7 @@ def test_macs_of_the_shipped_teacher_config_and_its_students():
     first = 128 * 256 * 9 * 32 * 49
     assert t.macs_exact - resnet.macs_exact == 3 * first // 4
     assert t.macs_exact == 4_844_421_120
-    assert inverted.macs_exact < t.macs_exact / 4.5  # 1.01 G against 4.84 G
+    assert inverted.macs_exact < t.macs_exact / 5.5  # 0.87 G against 4.84 G
     assert inverted.params < t.params / 5
 
 

@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "blocks (cheap, the default); resnet: the teacher's own body (only the input is halved)")  # fmt: skip
     p.add_argument("--width", type=int, default=None, help="inverted body width (default: 2 ngf, the teacher's "
                    "feature channels)")  # fmt: skip
-    p.add_argument("--expansion", type=int, default=4, help="inverted blocks' expansion (default 4)")
+    p.add_argument("--expansion", type=int, default=2, help="inverted blocks' expansion (default 2)")
     p.add_argument("--blocks", type=int, default=None, help="inverted blocks (default 4)")
     p.add_argument("--interval", type=int, default=4, help="key-frame interval of --method fast stored in the "
                    "file (default 4)")  # fmt: skip

@@ -19,7 +19,7 @@ import torch
 
 from fastv2v.atomic import atomic_path
 from fastv2v.errors import UserError
-from fastv2v.train.distributed import DistributedContext
+from fastv2v.train.distributed import DistributedContext, init_distributed
 from fastv2v.train.state import resumable_batches
 
 LOG = "log.jsonl"
@@ -39,6 +39,32 @@ def learning_rate(config: Any, step: int) -> float:
     if config.decay_steps <= 0:
         return config.lr
     return config.lr * min(1.0, max(0.0, (config.steps - step) / config.decay_steps))
+
+
+@contextlib.contextmanager
+def process_group(config: Any, ctx: DistributedContext | None = None):
+    """The run's processes: ``ctx`` as given, or the torchrun job joined here (a single process
+    without torchrun) and left when the run ends."""
+    owns = ctx is None
+    ctx = ctx or init_distributed(config.device)
+    try:
+        yield ctx
+    finally:
+        if owns:
+            ctx.shutdown()
+
+
+def open_run(config: Any, ctx: DistributedContext, checkpoint_name: str) -> tuple[Path, Path]:
+    """``(run folder, checkpoint path)`` after the checks every run makes first: the device
+    exists, the global batch splits over the processes, the folder rules of
+    :func:`check_run_folder`."""
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {config.device!r} was asked for but CUDA is not available; use device 'cpu'.")
+    ctx.local_batch_size(config.batch)
+    out = Path(config.out_dir)
+    checkpoint = out / checkpoint_name
+    check_run_folder(out, checkpoint, config.resume, ctx)
+    return out, checkpoint
 
 
 def check_run_folder(out: Path, checkpoint: Path, resume: bool, ctx: DistributedContext) -> None:

@@ -41,8 +41,8 @@ from fastv2v.generators.discriminators import NLayerDiscriminator
 from fastv2v.methods.shortcut import ShortcutBlock
 from fastv2v.methods.shortcut_model import ShortcutModel, save_shortcut, teacher_fingerprint
 from fastv2v.train.losses import GANLoss, VGGPerceptualLoss
-from fastv2v.train.distributed import DistributedContext, init_distributed
-from fastv2v.train.loop import LOG, check_run_folder, run_steps, seed_everything, truncate_log
+from fastv2v.train.distributed import DistributedContext
+from fastv2v.train.loop import LOG, open_run, process_group, run_steps, seed_everything, truncate_log
 from fastv2v.train.state import load_training_state, save_training_state
 
 CHECKPOINT = "checkpoint.pt"
@@ -269,24 +269,14 @@ def distill_shortcut(
     data-parallel on chunks of the global batch; rank 0 writes the files.
     """
     config.validate()
-    owns_ctx = ctx is None
-    ctx = ctx or init_distributed(config.device)
-    try:
+    with process_group(config, ctx) as ctx:
         return _distill(config, dataset, ctx, sample_batch=sample_batch, progress=progress, max_steps=max_steps)
-    finally:
-        if owns_ctx:
-            ctx.shutdown()
 
 
 def _distill(config, dataset, ctx: DistributedContext, *, sample_batch, progress, max_steps) -> Path:
-    out = Path(config.out_dir)
-    ckpt = out / CHECKPOINT
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {config.device!r} was asked for but CUDA is not available; use device 'cpu'.")
-    ctx.local_batch_size(config.batch)
+    out, ckpt = open_run(config, ctx, CHECKPOINT)
     teacher = load_teacher(config, ctx.device)
     fingerprint = teacher_fingerprint(teacher)
-    check_run_folder(out, ckpt, config.resume, ctx)
 
     seed_everything(config.seed)
     models = build_models(config, teacher, ctx.device)

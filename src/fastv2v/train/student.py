@@ -53,7 +53,13 @@ from fastv2v.errors import UserError
 from fastv2v.generators import load_generator
 from fastv2v.generators.base import SplitGenerator
 from fastv2v.generators.discriminators import NLayerDiscriminator
-from fastv2v.generators.student import BODIES, SpatialStudent, feature_mapping, student_from_teacher
+from fastv2v.generators.student import (
+    BODIES,
+    DEFAULT_EXPANSION,
+    SpatialStudent,
+    feature_mapping,
+    student_from_teacher,
+)
 from fastv2v.methods.shortcut_model import teacher_fingerprint
 from fastv2v.methods.student_model import StudentModel, save_student
 from fastv2v.train.distributed import DistributedContext, init_distributed
@@ -82,7 +88,7 @@ class StudentTrainingConfig:
     task: str | None = None
     body: str = "inverted"
     width: int | None = None
-    expansion: int = 4
+    expansion: int = DEFAULT_EXPANSION
     blocks: int | None = None
     activation: str = "relu"
     interval: int = 4

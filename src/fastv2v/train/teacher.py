@@ -38,9 +38,9 @@ from fastv2v.errors import UserError
 from fastv2v.generators import SplitGenerator, build_generator, save_generator
 from fastv2v.generators.discriminators import MultiscaleDiscriminator, init_weights
 from fastv2v.train.diffaugment import DiffAugment
-from fastv2v.train.distributed import DistributedContext, check_precision, init_distributed, training_autocast
+from fastv2v.train.distributed import DistributedContext, check_precision, training_autocast
 from fastv2v.train.losses import GANLoss, VGGPerceptualLoss, feature_matching_loss
-from fastv2v.train.loop import LOG, check_run_folder, run_steps, seed_everything, truncate_log
+from fastv2v.train.loop import LOG, open_run, process_group, run_steps, seed_everything, truncate_log
 from fastv2v.train.state import load_training_state, save_training_state
 
 CHECKPOINT = "checkpoint.pt"
@@ -228,23 +228,12 @@ def train_teacher(
     losses averaged over processes), every process loads the checkpoint when resuming.
     """
     config.validate()
-    owns_ctx = ctx is None
-    if ctx is None:
-        ctx = init_distributed(config.device)
-    try:
+    with process_group(config, ctx) as ctx:
         return _train(config, dataset, ctx, sample_batch=sample_batch, progress=progress, max_steps=max_steps)
-    finally:
-        if owns_ctx:
-            ctx.shutdown()
 
 
 def _train(config, dataset, ctx: DistributedContext, *, sample_batch, progress, max_steps) -> Path:
-    out = Path(config.out_dir)
-    ckpt = out / CHECKPOINT
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {config.device!r} was asked for but CUDA is not available; use device 'cpu'.")
-    ctx.local_batch_size(config.batch)
-    check_run_folder(out, ckpt, config.resume, ctx)
+    out, ckpt = open_run(config, ctx, CHECKPOINT)
 
     seed_everything(config.seed)
     models = build_teacher_models(config, device=ctx.device)
