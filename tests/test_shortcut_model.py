@@ -257,10 +257,11 @@ def test_distill_refuses_another_teacher_on_resume(tmp_path, teacher_file):
 def test_temporal_gan_trains_the_block_towards_real(tmp_path, teacher_file):
     """The block's temporal GAN term targets 'real' (the released code inverts it): with a
     temporal discriminator that calls everything real, the block's term is 0."""
-    from fastv2v.train.shortcut import build_models, build_optimizers, distill_step, load_teacher
+    from fastv2v.train.loop import load_frozen_teacher
+    from fastv2v.train.shortcut import build_models, build_optimizers, distill_step
 
     config = distill_config(tmp_path, teacher_file)
-    teacher = load_teacher(config)
+    teacher = load_frozen_teacher(config)
     models = build_models(config, teacher)
 
     class AllReal(torch.nn.Module):

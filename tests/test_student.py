@@ -319,3 +319,65 @@ def test_translate_with_a_student_file(bundle_file, frames_dir, tmp_path, capsys
     assert main(["translate", str(frames_dir), str(out), "--model", str(other), "--method", "fast"]) == 2
     assert "needs a trained student model file" in capsys.readouterr().err
     assert not out.exists()
+
+
+DISTILL_WORKER = """
+import sys
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_student import distill_config, pairs
+from fastv2v.train.distributed import init_distributed
+from fastv2v.train.student import distill_student
+
+tmp = Path({tmp!r})
+ctx = init_distributed("cpu")
+wrapped = []
+wrap = ctx.wrap
+object.__setattr__(ctx, "wrap", lambda m, **kw: wrapped.append(wrap(m, **kw)) or wrapped[-1])
+distill_student(distill_config(tmp, {teacher!r}, "ddp", batch=4, steps=3), pairs(8), progress=False, ctx=ctx)
+assert len(wrapped) == 2 and all(isinstance(m, torch.nn.parallel.DistributedDataParallel) for m in wrapped)
+torch.save([m.module.state_dict() for m in wrapped], tmp / f"rank{{ctx.rank}}.pt")
+ctx.shutdown()
+"""
+
+
+def test_two_process_distillation_equals_one(tmp_path, teacher_file):
+    """2 gloo processes x batch 2 = 1 process x batch 4, to float rounding (biases that feed an
+    InstanceNorm are left out: see tests/test_distributed.py); the exported students agree."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from test_distributed import norm_cancelled
+
+    from fastv2v.train.student import StudentTrainee, distill_student
+
+    script = tmp_path / "worker.py"
+    tests = os.path.dirname(os.path.abspath(__file__))
+    script.write_text(textwrap.dedent(DISTILL_WORKER.format(tests=tests, tmp=str(tmp_path), teacher=str(teacher_file))))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for m0, m1 in zip(rank0, rank1, strict=True):
+        assert all(torch.equal(m0[k], m1[k]) for k in m0)
+
+    distill_student(distill_config(tmp_path, teacher_file, "single", batch=4, steps=3), pairs(8), progress=False)
+    a = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=True)
+    assert a["extra"]["world_size"] == 2 and a["step"] == b["step"] == 3
+    g = StudentTrainee(student_from_teacher(make_teacher(), width=8, blocks=1), torch.nn.Identity())
+    skip = {"G": norm_cancelled(g), "D": set()}
+    for name in ("G", "D"):
+        for key, value in a["modules"][name].items():
+            if key not in skip[name]:
+                torch.testing.assert_close(value, b["modules"][name][key], atol=1e-5, rtol=0, msg=f"{name}.{key}")
+    x = clip(1, 4)[0]
+    with torch.no_grad():
+        y_a = load_student(tmp_path / "ddp" / "student.safetensors").student(x)
+        y_b = load_student(tmp_path / "single" / "student.safetensors").student(x)
+    torch.testing.assert_close(y_a, y_b, atol=1e-5, rtol=0)

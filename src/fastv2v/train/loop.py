@@ -67,6 +67,29 @@ def open_run(config: Any, ctx: DistributedContext, checkpoint_name: str) -> tupl
     return out, checkpoint
 
 
+def load_frozen_teacher(config: Any, device: str | torch.device | None = None):
+    """A distiller's teacher from ``config.teacher``: eval mode, no parameter gradients."""
+    from fastv2v.generators import load_generator
+
+    teacher = load_generator(config.teacher, device=device or config.device)
+    return teacher.eval().requires_grad_(False)
+
+
+def resume_distillation(checkpoint: Path, trained: dict, optimizers: dict, config: Any, fingerprint: str) -> int:
+    """Load a distillation checkpoint into ``trained`` and ``optimizers``; returns its step.
+    Refuses a checkpoint made with another teacher (its ``teacher_fingerprint``)."""
+    from fastv2v.train.state import load_training_state
+
+    state = load_training_state(checkpoint, trained, optimizers)
+    saved = state.extra.get("teacher_fingerprint")
+    if saved is not None and saved != fingerprint:
+        raise UserError(
+            f"{checkpoint} was trained with a different teacher (fingerprint {saved}, {config.teacher} is "
+            f"{fingerprint}); resume with the same --teacher."
+        )
+    return state.step
+
+
 def check_run_folder(out: Path, checkpoint: Path, resume: bool, ctx: DistributedContext) -> None:
     """Refuse to overwrite a run or to resume a missing one; every process must see the
     checkpoint it will load. Creates the folder (rank 0)."""

@@ -35,15 +35,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastv2v.errors import UserError
-from fastv2v.generators import load_generator
 from fastv2v.generators.base import SplitGenerator
 from fastv2v.generators.discriminators import NLayerDiscriminator
 from fastv2v.methods.shortcut import ShortcutBlock
 from fastv2v.methods.shortcut_model import ShortcutModel, save_shortcut, teacher_fingerprint
 from fastv2v.train.losses import GANLoss, VGGPerceptualLoss
 from fastv2v.train.distributed import DistributedContext
-from fastv2v.train.loop import LOG, open_run, process_group, run_steps, seed_everything, truncate_log
-from fastv2v.train.state import load_training_state, save_training_state
+from fastv2v.train.loop import (
+    LOG,
+    load_frozen_teacher,
+    open_run,
+    process_group,
+    resume_distillation,
+    run_steps,
+    seed_everything,
+    truncate_log,
+)
+from fastv2v.train.state import save_training_state
 
 CHECKPOINT = "checkpoint.pt"
 EXPORT = "shortcut.safetensors"
@@ -243,12 +251,6 @@ def distill_step(
     return {k: float(v.detach()) for k, v in losses.items()}
 
 
-def load_teacher(config: ShortcutTrainingConfig, device: str | torch.device | None = None) -> SplitGenerator:
-    """The frozen teacher: eval mode, no parameter gradients."""
-    teacher = load_generator(config.teacher, device=device or config.device)
-    return teacher.eval().requires_grad_(False)
-
-
 def distill_shortcut(
     config: ShortcutTrainingConfig,
     dataset: Iterable[Mapping[str, torch.Tensor]],
@@ -275,7 +277,7 @@ def distill_shortcut(
 
 def _distill(config, dataset, ctx: DistributedContext, *, sample_batch, progress, max_steps) -> Path:
     out, ckpt = open_run(config, ctx, CHECKPOINT)
-    teacher = load_teacher(config, ctx.device)
+    teacher = load_frozen_teacher(config, ctx.device)
     fingerprint = teacher_fingerprint(teacher)
 
     seed_everything(config.seed)
@@ -284,14 +286,7 @@ def _distill(config, dataset, ctx: DistributedContext, *, sample_batch, progress
     trained = {name: models[name] for name in TRAINED}  # plain modules: what checkpoints hold
     step = 0
     if config.resume:
-        state = load_training_state(ckpt, trained, optimizers)
-        step = state.step
-        saved = state.extra.get("teacher_fingerprint")
-        if saved is not None and saved != fingerprint:
-            raise UserError(
-                f"{ckpt} was trained with a different teacher (fingerprint {saved}, {config.teacher} is "
-                f"{fingerprint}); resume with the same --teacher."
-            )
+        step = resume_distillation(ckpt, trained, optimizers, config, fingerprint)
     if ctx.is_main:
         truncate_log(out / LOG, step)
     end = config.steps if max_steps is None else min(config.steps, step + max_steps)

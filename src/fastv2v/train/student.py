@@ -50,7 +50,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastv2v.errors import UserError
-from fastv2v.generators import load_generator
 from fastv2v.generators.base import SplitGenerator
 from fastv2v.generators.discriminators import NLayerDiscriminator
 from fastv2v.generators.student import (
@@ -62,10 +61,19 @@ from fastv2v.generators.student import (
 )
 from fastv2v.methods.shortcut_model import teacher_fingerprint
 from fastv2v.methods.student_model import StudentModel, save_student
-from fastv2v.train.distributed import DistributedContext, init_distributed
+from fastv2v.train.distributed import DistributedContext
 from fastv2v.train.losses import GANLoss, VGGPerceptualLoss
-from fastv2v.train.loop import LOG, check_run_folder, run_steps, seed_everything, truncate_log
-from fastv2v.train.state import load_training_state, save_training_state
+from fastv2v.train.loop import (
+    LOG,
+    load_frozen_teacher,
+    open_run,
+    process_group,
+    resume_distillation,
+    run_steps,
+    seed_everything,
+    truncate_log,
+)
+from fastv2v.train.state import save_training_state
 
 CHECKPOINT = "checkpoint.pt"
 EXPORT = "student.safetensors"
@@ -324,12 +332,6 @@ def distill_step(
 # the run
 
 
-def load_teacher(config: StudentTrainingConfig, device: str | torch.device | None = None) -> SplitGenerator:
-    """The frozen teacher: eval mode, no parameter gradients."""
-    teacher = load_generator(config.teacher, device=device or config.device)
-    return teacher.eval().requires_grad_(False)
-
-
 def distill_student(
     config: StudentTrainingConfig,
     dataset: Iterable[Mapping[str, torch.Tensor]],
@@ -350,24 +352,14 @@ def distill_student(
     data-parallel on chunks of the global batch; rank 0 writes the files.
     """
     config.validate()
-    owns_ctx = ctx is None
-    ctx = ctx or init_distributed(config.device)
-    try:
+    with process_group(config, ctx) as ctx:
         return _distill(config, dataset, ctx, sample_batch=sample_batch, progress=progress, max_steps=max_steps)
-    finally:
-        if owns_ctx:
-            ctx.shutdown()
 
 
 def _distill(config, dataset, ctx: DistributedContext, *, sample_batch, progress, max_steps) -> Path:
-    out = Path(config.out_dir)
-    ckpt = out / CHECKPOINT
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {config.device!r} was asked for but CUDA is not available; use device 'cpu'.")
-    ctx.local_batch_size(config.batch)
-    teacher = load_teacher(config, ctx.device)
+    out, ckpt = open_run(config, ctx, CHECKPOINT)
+    teacher = load_frozen_teacher(config, ctx.device)
     fingerprint = teacher_fingerprint(teacher)
-    check_run_folder(out, ckpt, config.resume, ctx)
 
     seed_everything(config.seed)
     models = build_models(config, teacher, ctx.device)
@@ -375,14 +367,7 @@ def _distill(config, dataset, ctx: DistributedContext, *, sample_batch, progress
     trained = {name: models[name] for name in TRAINED}  # plain modules: what checkpoints hold
     step = 0
     if config.resume:
-        state = load_training_state(ckpt, trained, optimizers)
-        step = state.step
-        saved = state.extra.get("teacher_fingerprint")
-        if saved is not None and saved != fingerprint:
-            raise UserError(
-                f"{ckpt} was trained with a different teacher (fingerprint {saved}, {config.teacher} is "
-                f"{fingerprint}); resume with the same --teacher."
-            )
+        step = resume_distillation(ckpt, trained, optimizers, config, fingerprint)
     if ctx.is_main:
         truncate_log(out / LOG, step)
     end = config.steps if max_steps is None else min(config.steps, step + max_steps)
