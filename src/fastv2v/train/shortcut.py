@@ -38,7 +38,8 @@ from fastv2v.errors import UserError
 from fastv2v.generators.base import SplitGenerator
 from fastv2v.generators.discriminators import NLayerDiscriminator
 from fastv2v.methods.shortcut import ShortcutBlock
-from fastv2v.methods.shortcut_model import ShortcutModel, save_shortcut, teacher_fingerprint
+from fastv2v.bundle import teacher_fingerprint
+from fastv2v.methods.shortcut_model import ShortcutModel, save_shortcut
 from fastv2v.train.losses import GANLoss, VGGPerceptualLoss
 from fastv2v.train.distributed import DistributedContext
 from fastv2v.train.loop import (

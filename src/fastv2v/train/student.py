@@ -59,7 +59,7 @@ from fastv2v.generators.student import (
     feature_mapping,
     student_from_teacher,
 )
-from fastv2v.methods.shortcut_model import teacher_fingerprint
+from fastv2v.bundle import teacher_fingerprint
 from fastv2v.methods.student_model import StudentModel, save_student
 from fastv2v.train.distributed import DistributedContext
 from fastv2v.train.losses import GANLoss, VGGPerceptualLoss

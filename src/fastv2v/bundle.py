@@ -1,0 +1,102 @@
+"""Model files that carry their teacher: the teacher and a method's trained part in one
+self-describing ``.safetensors`` (a Shortcut-V2V block, a Fast-Vid2Vid student).
+
+Tensors are ``teacher.<key>`` and ``<part>.<key>``; the metadata is ``{"kind": ..., "generator":
+<teacher config>, "<part>": <part config>, "interval": N, "teacher_fingerprint": ...}`` plus
+where it came from. The teacher rides along so ``fastv2v translate --model`` and ``fastv2v
+bench`` need nothing else, and so key frames are the very teacher the part was distilled from.
+Teacher tensors that are exactly representable in float16 (a teacher shipped in float16) are
+stored in float16: the same values, half the bytes; the part is stored in float32.
+
+The fingerprint (SHA-256 of the teacher's float32 weights) catches a mismatched teacher: a
+distilled part only makes sense with the teacher it was trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fastv2v.checkpoint import load_model_file, save_model
+from fastv2v.errors import UserError
+
+RESERVED = ("kind", "generator", "interval", "teacher_fingerprint")
+
+
+def teacher_fingerprint(teacher: nn.Module) -> str:
+    """SHA-256 over the teacher's state (names, shapes, float32 values), 16 hex digits."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(teacher.state_dict().items()):
+        value = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(value.shape)};".encode())
+        digest.update(value.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def compact(tensor: torch.Tensor) -> torch.Tensor:
+    """Float16 when that is lossless, else unchanged."""
+    tensor = tensor.detach().cpu()
+    if tensor.is_floating_point() and tensor.dtype != torch.float16:
+        half = tensor.half()
+        if torch.equal(half.to(tensor.dtype), tensor):
+            return half
+    return tensor
+
+
+def save_bundle(
+    path: str | os.PathLike, kind: str, teacher: nn.Module, part_name: str, part: nn.Module, interval: int, info: dict
+) -> None:
+    """Write teacher + part atomically, with the metadata that rebuilds both."""
+    tensors = {f"teacher.{k}": compact(v) for k, v in teacher.state_dict().items()}
+    tensors.update({f"{part_name}.{k}": v.detach().float().cpu() for k, v in part.state_dict().items()})
+    config = {
+        "kind": kind, "generator": teacher.config, part_name: part.config, "interval": int(interval),
+        "teacher_fingerprint": teacher_fingerprint(teacher), **info,
+    }  # fmt: skip
+    save_model(path, tensors, config)
+
+
+def read_bundle(path: str | os.PathLike, kind: str, what: str, how: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and config of a ``kind`` file, refusing anything else with one sentence
+    (``what``: e.g. "Shortcut-V2V model"; ``how``: the command that makes one)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass the {what} file made by {how}.")
+    tensors, config = load_model_file(path)
+    found = (config or {}).get("kind")
+    if found != kind:
+        described = f"a {found} model" if found else "not a fastv2v model file"
+        raise UserError(f"{path} is {described}, not a {what}; make one with {how}.")
+    return tensors, config
+
+
+def load_parts(path: str | os.PathLike, tensors: dict[str, torch.Tensor], modules: dict[str, nn.Module]) -> None:
+    """Load ``<name>.*`` tensors into each module (strict), naming a damaged file."""
+    for name, module in modules.items():
+        prefix = f"{name}."
+        state = {k[len(prefix) :]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise UserError(f"{path} is damaged: its {name} weights do not fit its own config ({first}).") from None
+
+
+def info_of(config: dict, part_name: str) -> dict[str, Any]:
+    """The metadata besides what rebuilds the model (e.g. ``training``, ``imported_from``)."""
+    return {k: v for k, v in config.items() if k not in RESERVED and k != part_name}
+
+
+def check_teacher(bundled: nn.Module, teacher: nn.Module, source: Any, part: str) -> None:
+    """Refuse a teacher other than the one the bundle's ``part`` was distilled from."""
+    theirs, ours = teacher_fingerprint(teacher), teacher_fingerprint(bundled)
+    if theirs != ours:
+        raise UserError(
+            f"{source} was distilled from a different teacher (weights fingerprint {ours}, the given teacher's is "
+            f"{theirs}); use the teacher it was trained with, or distil a new {part} for this one."
+        )
