@@ -9,14 +9,15 @@ For each task (``scenes``, ``edges``) it benchmarks the shipped teacher on held-
 the machine (CPU model, cores, torch, threads, dtype) and the exact command. Results are only
 comparable on the same machine, so run it on an otherwise idle one.
 
-Adding a method to the headline: append it to ``HEADLINE_METHODS`` (and, if it needs its own
-model file, that file to ``headline_models``); nothing else changes.
+Adding a method to the headline: append it to a suite in ``SUITES`` (a method that needs its
+own model file goes in the suite of that file's kind); nothing else changes.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import os
 import shlex
 import sys
@@ -25,9 +26,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TASKS = ("scenes", "edges")
-#: Methods of the headline table, in row order (the teacher is always first).
-HEADLINE_METHODS = ("teacher", "repeat", "reuse", "shortcut", "shortcut_auto", "sparse")
-HEADLINE_INTERVALS = (2, 3, 4)
+#: The headline suites, each a table per task: (name, the model file it runs on, methods in row
+#: order (the teacher, re-measured in the same run, is always first), key-frame intervals).
+#: Both model files carry the same shipped teacher.
+SUITES = (
+    ("shortcut", "shortcut", ("teacher", "repeat", "reuse", "shortcut", "shortcut_auto", "sparse"), (2, 3, 4)),
+    ("fastvid2vid", "student", ("teacher", "repeat", "interp", "minterpolate", "spatial", "fast"), (2, 4, 8)),
+)
 HEADLINE_SIZE = (128, 256)  # the shipped teachers' training size
 HEADLINE_FRAMES = 60
 HEADLINE_REPEATS = 3  # timed passes per method; the median is reported
@@ -35,38 +40,44 @@ QUICK_SIZE = (32, 64)
 QUICK_FRAMES = 6
 
 
-def headline_models(task: str, overrides: dict[str, str]) -> list:
-    """The model file benchmarked for ``task`` (or ``--teacher task=PATH``): the shipped
-    Shortcut-V2V file, which carries the shipped teacher (so every method runs against the same
-    teacher), or the shipped teacher alone."""
+def headline_model(task: str, kind: str, overrides: dict[str, str]) -> Path:
+    """The model file a suite runs on for ``task`` (or ``--teacher task=PATH``): the shipped
+    Shortcut-V2V or student file, which carries the shipped teacher, else the shipped teacher
+    alone (the suite's own methods are then skipped with a note)."""
     from fastv2v.errors import UserError
-    from fastv2v.tasks import shipped_shortcut, shipped_teacher
+    from fastv2v.tasks import shipped_shortcut, shipped_student, shipped_teacher
 
     if task in overrides:
-        return [Path(overrides[task])]
-    path = shipped_shortcut(task) or shipped_teacher(task)
+        return Path(overrides[task])
+    own = {"shortcut": shipped_shortcut, "student": shipped_student}[kind](task)
+    path = own or shipped_teacher(task)
     if path is None:
         raise UserError(
             f"the shipped {task} teacher is not in this install yet (src/fastv2v/weights/{task}_teacher.safetensors); "
             f"train it, pass --teacher {task}=PATH, or try --quick."
         )
-    return [path]
+    return path
 
 
-def quick_teacher(task: str, folder: Path) -> Path:
-    """A tiny randomly initialised teacher for ``task`` (ngf 4) with an untrained Shortcut block,
-    saved as one Shortcut-V2V file (so the shortcut rows run too)."""
+def quick_model(task: str, kind: str, folder: Path) -> Path:
+    """A tiny randomly initialised teacher for ``task`` (ngf 4) with an untrained Shortcut block
+    or student, saved as one model file of ``kind`` (so every row runs)."""
     import torch
 
     from fastv2v.generators import build_generator
+    from fastv2v.generators.student import student_from_teacher
     from fastv2v.methods.shortcut import ShortcutBlock
     from fastv2v.methods.shortcut_model import ShortcutModel, save_shortcut
+    from fastv2v.methods.student_model import StudentModel, save_student
     from fastv2v.tasks import generator_config
 
     torch.manual_seed(0)
-    path = folder / f"{task}_random_ngf4_shortcut.safetensors"
+    path = folder / f"{task}_random_ngf4_{kind}.safetensors"
     teacher = build_generator("resnet_6blocks", **generator_config(task, ngf=4))
-    save_shortcut(path, ShortcutModel(teacher, ShortcutBlock(teacher.feature_channels, 4), interval=3))
+    if kind == "shortcut":
+        save_shortcut(path, ShortcutModel(teacher, ShortcutBlock(teacher.feature_channels, 4), interval=3))
+    else:
+        save_student(path, StudentModel(teacher, student_from_teacher(teacher), interval=4))
     return path
 
 
@@ -115,25 +126,26 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python benchmarks/run_benchmarks.py"] + [shlex.quote(a) for a in given])
     sections, skipped, reports = [], [], {}
     try:
-        for task in tasks:
+        for task, (suite, kind, methods, intervals) in itertools.product(tasks, SUITES):
+            name = task if suite == SUITES[0][0] else f"{task}-{suite}"
             try:
                 if args.quick and task not in overrides:
-                    models = [quick_teacher(task, Path(models_dir.name))]
+                    model = quick_model(task, kind, Path(models_dir.name))
                 else:
-                    models = headline_models(task, overrides)
+                    model = headline_model(task, kind, overrides)
                 out.mkdir(parents=True, exist_ok=True)
                 report = run_bench(
-                    models, f"{task}:0", methods=HEADLINE_METHODS, intervals=HEADLINE_INTERVALS, dtype=args.dtype,
-                    size=size, frames=frames, device=args.device, threads=args.threads, repeats=repeats, progress=True,
+                    [model], f"{task}:0", methods=methods, intervals=intervals, dtype=args.dtype, size=size,
+                    frames=frames, device=args.device, threads=args.threads, repeats=repeats, progress=True,
                 )  # fmt: skip
             except UserError as exc:
-                skipped.append(f"{task}: {exc}")
-                print(f"run_benchmarks: skipped {task}: {exc}", file=sys.stderr)
+                skipped.append(f"{name}: {exc}")
+                print(f"run_benchmarks: skipped {name}: {exc}", file=sys.stderr)
                 continue
             report["command"] = command
-            paths = write_report(report, out / task)
-            reports[task] = (report, paths)
-            print(f"{task}: wrote {', '.join(str(p) for p in paths.values())}")
+            paths = write_report(report, out / name)
+            reports[name] = (report, paths)
+            print(f"{name}: wrote {', '.join(str(p) for p in paths.values())}")
         if not reports:
             print("run_benchmarks: no task could run; nothing written.", file=sys.stderr)
             return 1

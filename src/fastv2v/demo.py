@@ -49,14 +49,16 @@ def _bench(task: str, generator, described: str, folder: Path, *, frames: int, s
     from fastv2v.bench import run_bench, write_report
     from fastv2v.methods.base import METHODS
 
-    from fastv2v.tasks import shipped_shortcut
+    from fastv2v.tasks import shipped_shortcut, shipped_student
 
-    # The shipped Shortcut-V2V file carries the shipped teacher, so with it every method (the
-    # shortcut ones included) runs against the same teacher.
-    bundle = shipped_shortcut(task) if described.startswith("shipped") else None
-    model = bundle if bundle is not None else (f"{task} teacher", generator)
-    report = run_bench([model], f"{task}:0", methods=tuple(METHODS), frames=frames, size=size, progress=progress)
-    report["command"] = f"fastv2v demo ({described}" + (f", Shortcut-V2V `{bundle.name}`)" if bundle else ")")
+    # The shipped Shortcut-V2V and student files carry the shipped teacher, so with them every
+    # method (theirs included) runs against the same teacher; each file is one section.
+    shipped = [shipped_shortcut(task), shipped_student(task)] if described.startswith("shipped") else []
+    bundles = [b for b in shipped if b is not None]
+    models = bundles or [(f"{task} teacher", generator)]
+    report = run_bench(models, f"{task}:0", methods=tuple(METHODS), frames=frames, size=size, progress=progress)
+    names = ", ".join(f"`{b.name}`" for b in bundles)
+    report["command"] = f"fastv2v demo ({described}" + (f"; methods' own parts from {names})" if bundles else ")")
     write_report(report, folder)
 
 

@@ -110,6 +110,11 @@ def shipped_shortcut(task: str) -> Path | None:
     return _shipped(task, "shortcut")
 
 
+def shipped_student(task: str) -> Path | None:
+    """The Fast-Vid2Vid student model (shipped teacher + trained student) for ``task``, or None."""
+    return _shipped(task, "student")
+
+
 def _shipped(task: str, what: str) -> Path | None:
     check_task(task)
     path = WEIGHTS_DIR / f"{task}_{what}.safetensors"
