@@ -263,7 +263,7 @@ def cmd_distill_shortcut(args: argparse.Namespace) -> int:
         hidden=args.hidden, size=(h, w), batch=args.batch, steps=args.steps, decay_steps=args.decay_steps,
         lr=args.lr, vgg_weights=args.vgg_weights, checkpoint_every=args.checkpoint_every,
         sample_every=args.sample_every, seed=args.seed, resume=args.resume, device=args.device,
-        num_workers=args.workers, reference_skip=not args.official_architecture,
+        num_workers=args.workers, reference_skip=not args.official_architecture, precision=args.precision,
     )  # fmt: skip
     config.validate()
     data = training_pairs(args.task, "train", height=h, width=w, videos=args.data, clips=args.clips,
@@ -297,7 +297,7 @@ def cmd_distill_student(args: argparse.Namespace) -> int:
         steps=args.steps, decay_steps=args.decay_steps, lr=args.lr, motion_weight=args.motion_weight,
         vgg_weights=args.vgg_weights, temporal=args.temporal, max_gap=args.max_gap,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, seed=args.seed, resume=args.resume,
-        device=args.device, num_workers=args.workers,
+        device=args.device, num_workers=args.workers, precision=args.precision,
     )  # fmt: skip
     config.validate()
     data = training_pairs(args.task, "train", height=h, width=w, videos=args.data, clips=args.clips,
@@ -496,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="bf16: forward passes and losses under bfloat16 autocast (fp16 is refused: no loss scaling)")  # fmt: skip
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, samples/, log.jsonl, shortcut.safetensors")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--quiet", action="store_true")
@@ -536,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, samples/, log.jsonl, student.safetensors")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="bf16: forward passes and losses under bfloat16 autocast (fp16 is refused: no loss scaling)")  # fmt: skip
     p.set_defaults(func=cmd_distill_student)
 
     imports = sub.add_parser("import", help="convert models trained with other code").add_subparsers(

@@ -41,7 +41,7 @@ from fastv2v.methods.shortcut import ShortcutBlock
 from fastv2v.bundle import teacher_fingerprint
 from fastv2v.methods.shortcut_model import ShortcutModel, save_shortcut
 from fastv2v.train.losses import GANLoss, VGGPerceptualLoss
-from fastv2v.train.distributed import DistributedContext
+from fastv2v.train.distributed import DistributedContext, check_precision, training_autocast
 from fastv2v.train.loop import (
     LOG,
     load_frozen_teacher,
@@ -65,7 +65,8 @@ class ShortcutTrainingConfig:
     ``teacher``: the teacher's model file. ``hidden`` None: half the feature channels (the
     paper's 64 for 128). ``max_gap`` None: ``interval - 1`` (at least 1). ``reference_skip``:
     the block adds the warped full reference features (see :class:`ShortcutBlock`; False
-    trains the official architecture). ``init_gain``: the
+    trains the official architecture). ``precision`` ``"bf16"``: forward passes and losses under
+    bfloat16 autocast (GPU; fp16 is refused, it would need loss scaling). ``init_gain``: the
     block's Xavier gain; the official code's 0.02 starts the block's output near zero and
     needs far more steps than a CPU run has, so plain Xavier (1.0) is the default here.
     """
@@ -103,6 +104,7 @@ class ShortcutTrainingConfig:
     shuffle: bool = True
     num_workers: int = 0
     device: str = "cpu"
+    precision: str = "fp32"
 
     @property
     def gaps(self) -> tuple[int, int]:
@@ -128,6 +130,7 @@ class ShortcutTrainingConfig:
                 raise UserError(f"{name} must be 0 (off) or positive, not {getattr(self, name)}.")
         if not self.teacher:
             raise UserError("no teacher given; pass the teacher's model file with --teacher.")
+        check_precision(self.precision)
 
 
 class TemporalPatchDiscriminator(nn.Module):
@@ -205,45 +208,48 @@ def distill_step(
     batch: Mapping[str, torch.Tensor],
     config: ShortcutTrainingConfig,
 ) -> dict[str, float]:
-    """One update of the block, then of both discriminators; returns the unweighted losses."""
+    """One update of the block, then of both discriminators; returns the unweighted losses.
+    Forward passes and losses run under ``config.precision``'s autocast (bf16 on GPU)."""
     block, d, d_t = models["block"], models["D"], models["D_T"]
     device = next(block.parameters()).device
     ref = batch["ref_input"].to(device=device, dtype=torch.float32)
     x = batch["input"].to(device=device, dtype=torch.float32)
-    t = teacher_targets(teacher, ref, x)
-    f_hat, extras = block(t["a_t"], t["a_ref"], t["f_ref"], aligned=True)
-    y_hat = teacher.tail(f_hat)
     gan = GANLoss("lsgan")
-
-    for net in (d, d_t):
-        net.requires_grad_(False)
-    try:
-        losses = {
-            "feat": F.l1_loss(f_hat, t["f_t"]),
-            "align": F.l1_loss(extras["aligned"], t["f_t"]),
-            "out": F.l1_loss(y_hat, t["y_t"]),
-            "gan": gan(d(y_hat)[-1], True, for_discriminator=False),
-            "temporal": gan(d_t(t["y_ref"], y_hat), True, for_discriminator=False),
-        }
-    finally:
+    with training_autocast(device, config.precision):
+        t = teacher_targets(teacher, ref, x)
+        f_hat, extras = block(t["a_t"], t["a_ref"], t["f_ref"], aligned=True)
+        y_hat = teacher.tail(f_hat)
         for net in (d, d_t):
-            net.requires_grad_(True)
-    loss = (
-        config.lambda_feat * losses["feat"] + config.lambda_align * losses["align"] + config.lambda_out * losses["out"]
-        + config.lambda_gan * losses["gan"] + config.lambda_temporal * losses["temporal"]
-    )  # fmt: skip
-    if "vgg" in models:
-        losses["vgg"] = models["vgg"](y_hat, t["y_t"])
-        loss = loss + config.lambda_vgg * losses["vgg"]
+            net.requires_grad_(False)
+        try:
+            losses = {
+                "feat": F.l1_loss(f_hat, t["f_t"]),
+                "align": F.l1_loss(extras["aligned"], t["f_t"]),
+                "out": F.l1_loss(y_hat, t["y_t"]),
+                "gan": gan(d(y_hat)[-1], True, for_discriminator=False),
+                "temporal": gan(d_t(t["y_ref"], y_hat), True, for_discriminator=False),
+            }
+        finally:
+            for net in (d, d_t):
+                net.requires_grad_(True)
+        loss = (
+            config.lambda_feat * losses["feat"] + config.lambda_align * losses["align"]
+            + config.lambda_out * losses["out"] + config.lambda_gan * losses["gan"]
+            + config.lambda_temporal * losses["temporal"]
+        )  # fmt: skip
+        if "vgg" in models:
+            losses["vgg"] = models["vgg"](y_hat, t["y_t"])
+            loss = loss + config.lambda_vgg * losses["vgg"]
     optimizers["block"].zero_grad(set_to_none=True)
     loss.backward()
     optimizers["block"].step()
 
     fake = y_hat.detach()
-    losses["D_real"] = gan(d(t["y_t"])[-1], True)
-    losses["D_fake"] = gan(d(fake)[-1], False)
-    losses["DT_real"] = gan(d_t(t["y_ref"], t["y_t"]), True)
-    losses["DT_fake"] = gan(d_t(t["y_ref"], fake), False)
+    with training_autocast(device, config.precision):
+        losses["D_real"] = gan(d(t["y_t"])[-1], True)
+        losses["D_fake"] = gan(d(fake)[-1], False)
+        losses["DT_real"] = gan(d_t(t["y_ref"], t["y_t"]), True)
+        losses["DT_fake"] = gan(d_t(t["y_ref"], fake), False)
     optimizers["D"].zero_grad(set_to_none=True)
     optimizers["D_T"].zero_grad(set_to_none=True)
     (0.5 * (losses["D_real"] + losses["D_fake"] + losses["DT_real"] + losses["DT_fake"])).backward()

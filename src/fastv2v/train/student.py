@@ -61,7 +61,7 @@ from fastv2v.generators.student import (
 )
 from fastv2v.bundle import teacher_fingerprint
 from fastv2v.methods.student_model import StudentModel, save_student
-from fastv2v.train.distributed import DistributedContext
+from fastv2v.train.distributed import DistributedContext, check_precision, training_autocast
 from fastv2v.train.losses import GANLoss, VGGPerceptualLoss
 from fastv2v.train.loop import (
     LOG,
@@ -125,6 +125,7 @@ class StudentTrainingConfig:
     shuffle: bool = True
     num_workers: int = 0
     device: str = "cpu"
+    precision: str = "fp32"
 
     @property
     def gaps(self) -> int | tuple[int, int]:
@@ -144,6 +145,7 @@ class StudentTrainingConfig:
 
         if not self.teacher:
             raise UserError("no teacher given; pass the teacher's model file with --teacher.")
+        check_precision(self.precision)
         if self.body not in BODIES:
             raise UserError(f"unknown student body {self.body!r}; use one of {', '.join(BODIES)}.")
         if int(self.interval) != self.interval or self.interval < 1:
@@ -278,7 +280,8 @@ def distill_step(
     batch: Mapping[str, torch.Tensor],
     config: StudentTrainingConfig,
 ) -> dict[str, float]:
-    """One update of student + mapping, then of the discriminator; returns the unweighted losses."""
+    """One update of student + mapping, then of the discriminator; returns the unweighted losses.
+    Forward passes and losses run under ``config.precision``'s autocast (bf16 on GPU)."""
     g, d = models["G"], models["D"]
     device = next(g.parameters()).device
     ref = batch["ref_input"].to(device=device, dtype=torch.float32)
@@ -291,37 +294,39 @@ def distill_step(
     else:
         inputs = x
         weight = motion_weights(x, ref, label_nc, config.motion_weight, config.flow_preset)
-    t = teacher_targets(teacher, inputs)
-    y_hat, f_hat = g(inputs)
-    gan = GANLoss("lsgan")
+    with training_autocast(device, config.precision):
+        t = teacher_targets(teacher, inputs)
+        y_hat, f_hat = g(inputs)
+        gan = GANLoss("lsgan")
 
-    d.requires_grad_(False)
-    try:
-        losses = {
-            "out": (weight * (y_hat - t["y"]).abs()).mean(),
-            "feat": F.l1_loss(f_hat, t["f"]),
-            "gan": gan(d(y_hat)[-1], True, for_discriminator=False),
-        }
-    finally:
-        d.requires_grad_(True)
-    loss = config.lambda_out * losses["out"] + config.lambda_feat * losses["feat"] + config.lambda_gan * losses["gan"]
-    if "vgg" in models:
-        losses["vgg"] = models["vgg"](y_hat, t["y"])
-        loss = loss + config.lambda_vgg * losses["vgg"]
-    if config.temporal:
-        from fastv2v.flow import warp
+        d.requires_grad_(False)
+        try:
+            losses = {
+                "out": (weight * (y_hat - t["y"]).abs()).mean(),
+                "feat": F.l1_loss(f_hat, t["f"]),
+                "gan": gan(d(y_hat)[-1], True, for_discriminator=False),
+            }
+        finally:
+            d.requires_grad_(True)
+        loss = config.lambda_out * losses["out"] + config.lambda_feat * losses["feat"] + config.lambda_gan * losses["gan"]
+        if "vgg" in models:
+            losses["vgg"] = models["vgg"](y_hat, t["y"])
+            loss = loss + config.lambda_vgg * losses["vgg"]
+        if config.temporal:
+            from fastv2v.flow import warp
 
-        flow = output_flows(t["y"][:n], t["y"][n:], config.flow_preset)
-        student_change = y_hat[n:] - warp(y_hat[:n], flow)
-        teacher_change = t["y"][n:] - warp(t["y"][:n], flow)
-        losses["temporal"] = F.l1_loss(student_change, teacher_change)
-        loss = loss + config.lambda_temporal * losses["temporal"]
+            flow = output_flows(t["y"][:n], t["y"][n:], config.flow_preset)
+            student_change = y_hat[n:] - warp(y_hat[:n], flow)
+            teacher_change = t["y"][n:] - warp(t["y"][:n], flow)
+            losses["temporal"] = F.l1_loss(student_change, teacher_change)
+            loss = loss + config.lambda_temporal * losses["temporal"]
     optimizers["G"].zero_grad(set_to_none=True)
     loss.backward()
     optimizers["G"].step()
 
-    losses["D_real"] = gan(d(t["y"])[-1], True)
-    losses["D_fake"] = gan(d(y_hat.detach())[-1], False)
+    with training_autocast(device, config.precision):
+        losses["D_real"] = gan(d(t["y"])[-1], True)
+        losses["D_fake"] = gan(d(y_hat.detach())[-1], False)
     optimizers["D"].zero_grad(set_to_none=True)
     (0.5 * (losses["D_real"] + losses["D_fake"])).backward()
     optimizers["D"].step()
