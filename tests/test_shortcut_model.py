@@ -285,3 +285,38 @@ def test_distill_rejects_bad_settings(tmp_path, teacher_file):
         distill_shortcut(distill_config(tmp_path, teacher_file, interval=0), pairs(2), progress=False)
     with pytest.raises(UserError, match="multiples of 4"):
         distill_shortcut(distill_config(tmp_path, teacher_file, "c"), pairs(2, size=(18, 18)), progress=False)
+
+
+# --- the reuse gate -------------------------------------------------------------------------------
+
+
+class _Stub(torch.nn.Module):
+    """A stand-in block: the teacher's own body (perfect) or zeros (useless)."""
+
+    def __init__(self, teacher, perfect):
+        super().__init__()
+        self.teacher, self.perfect = teacher, perfect
+
+    def forward(self, a_t, a_ref, f_ref):
+        return (self.teacher.body(a_t) if self.perfect else torch.zeros_like(f_ref)), {}
+
+
+def test_reuse_gate_is_calibrated_on_pairs():
+    from fastv2v.train.shortcut import calibrate_reuse_below
+
+    teacher = make_teacher()
+    xs = clip(6, 8)
+    data = [{"ref_input": x[0], "input": x[0] + 0.02 * torch.randn_like(x[0])} for x in xs]  # nearly still
+    assert calibrate_reuse_below(teacher, _Stub(teacher, True), data)["reuse_below"] == 0.0  # the block wins
+    useless = calibrate_reuse_below(teacher, _Stub(teacher, False), data)
+    assert useless["reuse_below"] > 0 and useless["mse_gated"] == pytest.approx(useless["mse_repeat"])
+
+
+def test_reuse_gate_shows_the_key_output_below_the_threshold():
+    teacher, block = make_teacher(), make_block()
+    xs = clip(3, 5)
+    with torch.no_grad():
+        gated = [y for y, _ in run_online(ShortcutMethod(teacher, 3, block=block, reuse_below=1e9), xs)]
+        plain = [y for y, _ in run_online(ShortcutMethod(teacher, 3, block=block), xs)]
+    assert torch.equal(gated[1], gated[0]) and torch.equal(gated[2], gated[0])
+    assert not torch.equal(plain[1], plain[0])

@@ -63,7 +63,8 @@ def main() -> None:
             reference = [teacher(x) for x in xs]
             for n in (2, 3, 4):
                 row = {"clip": clip.name, "frames": len(xs), "interval": n}
-                for name, method in (("shortcut", ShortcutMethod(teacher, n, block=model.block)),
+                gate = model.info.get("reuse_below", 0.0)
+                for name, method in (("shortcut", ShortcutMethod(teacher, n, block=model.block, reuse_below=gate)),
                                      ("repeat", Repeat(teacher, n)), ("reuse", Reuse(teacher, n))):  # fmt: skip
                     out = list(run_online(method, xs))
                     row[name] = psnr_of([y for y, _ in out], reference, [k for _, k in out])
@@ -83,6 +84,9 @@ def main() -> None:
         f"{'on' if model.block.reference_skip else 'off'} (docs/shortcut.md).",
         f"- **Default interval:** {model.interval}; trained on pairs 1..{config.get('max_gap') or model.interval - 1} "
         "frames apart.",
+        f"- **Reuse gate:** non-key frames whose head features drifted less than {model.info.get('reuse_below', 0):.3f} "
+        "from the key frame's show the key frame's output (calibrated on 64 training pairs: "
+        f"{model.info.get('reuse_calibration')}).",
         f"- **Training:** {model.info['training']['step']} steps of batch {config['batch']} at {size[0]}x{size[1]}, "
         f"lr {config['lr']} (linear decay over the last {config['decay_steps']}), losses feature L1 x5, alignment "
         "L1 x5, output L1 x10, LSGAN x1, temporal LSGAN x1, on 2 CPU cores.",

@@ -427,7 +427,10 @@ class ShortcutMethod(OnlineMethod):
     (untrained: for profiling and tests; load trained weights into ``method.block``).
     ``interval="auto"`` (or an :class:`~fastv2v.methods.adaptive.AdaptiveInterval` as
     ``schedule``) refreshes the reference when the head features drift, at the average cost of
-    the fixed interval ``target`` (default 3).
+    the fixed interval ``target`` (default 3). ``reuse_below``: a non-key frame whose head
+    features drifted less than this from the key frame's (:func:`drift_score`) shows the key
+    frame's output instead of running the block and the tail; the distiller calibrates it on
+    training pairs (0 when the block wins everywhere) and stores it in the model file.
     """
 
     name = "shortcut"
@@ -441,6 +444,7 @@ class ShortcutMethod(OnlineMethod):
         block: ShortcutBlock | None = None,
         *,
         schedule: AdaptiveInterval | None = None,
+        reuse_below: float = 0.0,
         **block_kwargs,
     ):
         if interval == "auto":
@@ -463,6 +467,7 @@ class ShortcutMethod(OnlineMethod):
                 f"head gives {channels} channels (ngf {channels // 2}); use a block made for this teacher."
             )
         self.block = block
+        self.reuse_below = float(reuse_below)
         self._fast: tuple[Callable, Callable] | None = None
 
     @property
@@ -486,9 +491,10 @@ class ShortcutMethod(OnlineMethod):
         from fastv2v.methods.shortcut_model import load_shortcut
 
         model = load_shortcut(path, device=device, teacher=teacher)
+        gate = model.info.get("reuse_below", 0.0)
         if interval == "auto":
-            return cls(model.teacher, block=model.block, schedule=AdaptiveInterval(model.interval))
-        return cls(model.teacher, model.interval if interval is None else interval, block=model.block)
+            return cls(model.teacher, block=model.block, schedule=AdaptiveInterval(model.interval), reuse_below=gate)
+        return cls(model.teacher, model.interval if interval is None else interval, block=model.block, reuse_below=gate)
 
     def _prepared(self, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         n = len(self.PREFIX)
@@ -531,12 +537,14 @@ class ShortcutMethod(OnlineMethod):
         return y, reference
 
     def non_key_frame(
-        self, x: torch.Tensor, reference: dict[str, torch.Tensor], a: torch.Tensor | None = None
+        self, x: torch.Tensor, reference: dict[str, torch.Tensor], a: torch.Tensor | None = None, gate: bool = True
     ) -> torch.Tensor:
         head, tail = self.fast_parts
         if a is None:
             a = head(x)
             self._check_frame(x, a)
+        if gate and self.reuse_below > 0 and drift_score(a, reference["a"]) < self.reuse_below:
+            return reference["y"]  # hardly moved: the key frame's output beats the block (calibrated)
         f_hat, _ = self.block.predict(a, self._prepared(reference), aligned=False)
         return tail(f_hat)
 
@@ -548,10 +556,11 @@ class ShortcutMethod(OnlineMethod):
 
     def non_key_path(self) -> Callable[[torch.Tensor], Any]:
         """``x -> tail(predict(head(x), prepared))`` with ``prepared`` from a key frame on ``x``
-        built outside any MAC counter: profiling it counts one non-key frame only."""
+        built outside any MAC counter: profiling it counts one non-key frame only (the block's
+        path, never the ``reuse_below`` shortcut)."""
 
         def path(x: torch.Tensor) -> torch.Tensor:
-            return self.non_key_frame(x, self._scratch_reference(x))
+            return self.non_key_frame(x, self._scratch_reference(x), gate=False)
 
         return path
 
@@ -602,4 +611,5 @@ class ShortcutAuto(ShortcutMethod):
         from fastv2v.methods.shortcut_model import load_shortcut
 
         model = load_shortcut(path, device=device, teacher=teacher)
-        return cls(model.teacher, model.interval if interval is None else interval, block=model.block)
+        interval = model.interval if interval is None else interval
+        return cls(model.teacher, interval, block=model.block, reuse_below=model.info.get("reuse_below", 0.0))

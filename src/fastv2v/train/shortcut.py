@@ -66,7 +66,8 @@ class ShortcutTrainingConfig:
     paper's 64 for 128). ``max_gap`` None: ``interval - 1`` (at least 1). ``reference_skip``:
     the block adds the warped full reference features (see :class:`ShortcutBlock`; False
     trains the official architecture). ``precision`` ``"bf16"``: forward passes and losses under
-    bfloat16 autocast (GPU; fp16 is refused, it would need loss scaling). ``init_gain``: the
+    bfloat16 autocast (GPU; fp16 is refused, it would need loss scaling). ``calibration_pairs``:
+    training pairs on which the exported file's ``reuse_below`` gate is calibrated (0: none). ``init_gain``: the
     block's Xavier gain; the official code's 0.02 starts the block's output near zero and
     needs far more steps than a CPU run has, so plain Xavier (1.0) is the default here.
     """
@@ -105,6 +106,7 @@ class ShortcutTrainingConfig:
     num_workers: int = 0
     device: str = "cpu"
     precision: str = "fp32"
+    calibration_pairs: int = 64
 
     @property
     def gaps(self) -> tuple[int, int]:
@@ -258,6 +260,49 @@ def distill_step(
     return {k: float(v.detach()) for k, v in losses.items()}
 
 
+@torch.no_grad()
+def calibrate_reuse_below(teacher: SplitGenerator, block: ShortcutBlock, pairs: Iterable[Mapping[str, torch.Tensor]]) -> dict:
+    """The head-feature drift below which showing the key frame's output beats the block.
+
+    On each pair: the drift (:func:`~fastv2v.methods.adaptive.drift_score`), the block's output
+    error and the key frame output's error against the teacher. The threshold minimises the
+    total error of "key output below it, block above it"; 0 (never reuse) when the block wins
+    anyway. Computed on training pairs, never on held-out data. Returns ``reuse_below``, the
+    number of pairs and the error of each choice (MSE on [-1, 1]).
+    """
+    from fastv2v.methods.adaptive import drift_score
+
+    was_training = block.training
+    block.eval()
+    rows = []
+    for item in pairs:
+        ref, x = (item[k].float().unsqueeze(0) if item[k].dim() == 3 else item[k].float() for k in ("ref_input", "input"))
+        t = teacher_targets(teacher, ref, x)
+        y_hat = teacher.tail(block(t["a_t"], t["a_ref"], t["f_ref"])[0])
+        rows.append((drift_score(t["a_t"], t["a_ref"]), float(F.mse_loss(y_hat, t["y_t"])),
+                     float(F.mse_loss(t["y_ref"], t["y_t"]))))  # fmt: skip
+    block.train(was_training)
+    rows.sort()
+    block_only = sum(r[1] for r in rows)
+    best, threshold, below = block_only, 0.0, 0.0
+    for i in range(1, len(rows) + 1):
+        below += rows[i - 1][2]
+        total = below + sum(r[1] for r in rows[i:])
+        if total < best:
+            upper = rows[i][0] if i < len(rows) else rows[-1][0] * 1.01
+            best, threshold = total, (rows[i - 1][0] + upper) / 2
+    n = max(1, len(rows))
+    return {"reuse_below": threshold, "pairs": len(rows), "mse_block": block_only / n, "mse_gated": best / n,
+            "mse_repeat": sum(r[2] for r in rows) / n}  # fmt: skip
+
+
+def calibration_pairs(dataset: Any, count: int) -> list:
+    """``count`` training pairs spread evenly over an indexable dataset (none otherwise)."""
+    if count <= 0 or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__") or len(dataset) == 0:
+        return []
+    return [dataset[int(i)] for i in torch.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().long()]
+
+
 def distill_shortcut(
     config: ShortcutTrainingConfig,
     dataset: Iterable[Mapping[str, torch.Tensor]],
@@ -321,8 +366,10 @@ def _distill(config, dataset, ctx: DistributedContext, *, sample_batch, progress
     if ctx.is_main:
         training = {"config": config.to_dict(), "step": step, "complete": step >= config.steps}
         block = models["block"]
+        gate = calibrate_reuse_below(teacher, block, calibration_pairs(dataset, config.calibration_pairs))
+        info = {"training": training, "reuse_below": gate["reuse_below"], "reuse_calibration": gate}
         was_training = block.training
-        save_shortcut(export, ShortcutModel(teacher, block.eval(), config.interval, {"training": training}))
+        save_shortcut(export, ShortcutModel(teacher, block.eval(), config.interval, info))
         block.train(was_training)
     ctx.barrier()  # the other processes return once the files are in place
     return export
