@@ -1,0 +1,110 @@
+"""Ship a distilled Fast-Vid2Vid student: store it in the package, evaluate it on held-out clips
+against the teacher and the baselines, and write its model card.
+
+    python tools/ship_student.py --task scenes --run runs/student-scenes --command "fastv2v distill student ..."
+
+The run's ``student.safetensors`` must have been distilled from the shipped teacher (checked by
+fingerprint); the card's numbers are computed from the stored file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastv2v.bench.runner import drive
+from fastv2v.data.paired import heldout_clip
+from fastv2v.generators import load_generator
+from fastv2v.methods.base import Repeat
+from fastv2v.methods.interpolate import Interp
+from fastv2v.methods.student import Fast, Spatial
+from fastv2v.methods.student_model import load_student
+from fastv2v.metrics.profile import profile
+from fastv2v.tasks import WEIGHTS_DIR, shipped_teacher
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ship_shortcut import CLIPS, psnr_of  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", required=True, choices=["scenes", "edges"])
+    parser.add_argument("--run", required=True, type=Path, help="distillation run folder")
+    parser.add_argument("--command", required=True, help="the exact command(s) that trained it")
+    parser.add_argument("--frames", type=int, default=40, help="frames per held-out clip (default 40)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    teacher = load_generator(shipped_teacher(args.task))
+    target = WEIGHTS_DIR / f"{args.task}_student.safetensors"
+    load_student(args.run / "student.safetensors", teacher=teacher)  # refuses another teacher
+    shutil.copyfile(args.run / "student.safetensors", target)
+    model = load_student(target, teacher=teacher)
+    config = model.info["training"]["config"]
+    size = tuple(config.get("size") or (128, 256))
+
+    rows = []
+    with torch.no_grad():
+        for index in CLIPS[args.task]:
+            clip = heldout_clip(args.task, index, height=size[0], width=size[1], frames=args.frames)
+            pairs = list(clip)
+            xs = [teacher.encode_input(torch.from_numpy(np.stack([x]))) for x, _ in pairs]
+            reference = [teacher(x) for x in xs]
+            truth = [teacher.encode_input(torch.from_numpy(np.stack([t]))) for _, t in pairs]
+            spatial = [y for y, _ in drive(Spatial(teacher, student=model.student), xs)]
+            row = {"clip": clip.name, "spatial": psnr_of(spatial, reference, [False] * len(xs))[0],
+                   "spatial_gt": psnr_of(spatial, truth, [False] * len(xs))[0],
+                   "teacher_gt": psnr_of(reference, truth, [False] * len(xs))[0]}  # fmt: skip
+            for n in (2, 4, 8):
+                for name, method in (("fast", Fast(teacher, n, student=model.student)), ("interp", Interp(teacher, n)),
+                                     ("repeat", Repeat(teacher, n))):  # fmt: skip
+                    out = list(drive(method, xs))
+                    row[f"{name}@{n}"] = psnr_of([y for y, _ in out], reference, [k for _, k in out])[0]
+            rows.append(row)
+    x = torch.zeros(1, teacher.input_nc, *size)
+    full, student = profile(teacher, x), profile(model.student, x)
+    params = sum(p.numel() for p in model.student.parameters())
+
+    lines = [
+        f"# Model card: `{target.name}`",
+        "",
+        f"- **What:** a Fast-Vid2Vid spatial student distilled from the shipped `{args.task}_teacher.safetensors` (the "
+        "file carries that teacher too: `fastv2v translate in.mp4 out.mp4 --model` this file runs `fast`).",
+        f"- **Student:** {model.student.config}, {params / 1e6:.3f} M parameters "
+        f"(teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.2f} M); input halved inside `forward`.",
+        f"- **Default interval of `fast`:** {model.interval}.",
+        f"- **Training:** {model.info['training']['step']} steps of batch {config['batch']} at {size[0]}x{size[1]}, "
+        f"lr {config['lr']} (linear decay over the last {config['decay_steps']}), motion-weighted output L1, feature "
+        "L1 through a 1x1 mapping, LSGAN, on 2 CPU cores.",
+        f"- **Command:** `{args.command}`",
+        f"- **Cost at {size[0]}x{size[1]}:** teacher {full.macs_exact / 1e9:.2f} G exact / {full.macs_paper / 1e9:.2f} "
+        f"G paper MACs per frame; student {student.macs_exact / 1e9:.2f} G / {student.macs_paper / 1e9:.2f} G "
+        f"({full.macs_exact / student.macs_exact:.2f}x / {full.macs_paper / student.macs_paper:.2f}x fewer).",
+        "",
+        "## Held-out fidelity (PSNR in dB over all frames)",
+        "",
+        "To the teacher's output: `spatial` (student on every frame), `fast` (student key frames + interp), "
+        "`interp` (teacher key frames + interp) and `repeat` at key-frame gaps 2, 4, 8; and to the ground truth "
+        "for the teacher and `spatial`.",
+        "",
+        "| clip | spatial | fast@2 | fast@4 | fast@8 | interp@4 | repeat@4 | teacher vs GT | spatial vs GT |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows + [{"clip": "**mean**", **{k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "clip"}}]:
+        cells = [r["spatial"], r["fast@2"], r["fast@4"], r["fast@8"], r["interp@4"], r["repeat@4"], r["teacher_gt"],
+                 r["spatial_gt"]]  # fmt: skip
+        lines.append(f"| {r['clip']} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+    lines += ["", f"Measured by `python tools/ship_student.py --task {args.task} ...` from the stored file "
+              f"({args.frames} frames per clip)."]  # fmt: skip
+    (WEIGHTS_DIR / f"{args.task}_student.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
