@@ -55,7 +55,8 @@ def main() -> None:
             pairs = list(clip)
             xs = [teacher.encode_input(torch.from_numpy(np.stack([x]))) for x, _ in pairs]
             reference = [teacher(x) for x in xs]
-            truth = [teacher.encode_input(torch.from_numpy(np.stack([t]))) for _, t in pairs]
+            truth = [torch.from_numpy(np.ascontiguousarray(t)).permute(2, 0, 1)[None].float() / 127.5 - 1
+                     for _, t in pairs]  # ground-truth RGB in the outputs' [-1, 1] range
             spatial = [y for y, _ in drive(Spatial(teacher, student=model.student), xs)]
             row = {"clip": clip.name, "spatial": psnr_of(spatial, reference, [False] * len(xs))[0],
                    "spatial_gt": psnr_of(spatial, truth, [False] * len(xs))[0],
