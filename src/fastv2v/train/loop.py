@@ -175,3 +175,69 @@ def run_steps(
             if sample is not None and due:
                 sample(step)
     return step
+
+
+def run_distillation(
+    config: Any,
+    dataset: Iterable[Mapping[str, torch.Tensor]],
+    ctx: DistributedContext,
+    *,
+    checkpoint_name: str,
+    export_name: str,
+    desc: str,
+    build_models: Callable[[Any, Any, torch.device], dict],
+    build_optimizers: Callable[[Any, dict], dict],
+    trained_names: tuple[str, ...],
+    train_step: Callable[[dict, dict, Any, Mapping[str, torch.Tensor], Any], dict[str, float]],
+    check_batch: Callable[[Mapping[str, Any], Any, dict, Any], None],
+    write_sample: Callable[[Path, Any, dict], None] | None,
+    export: Callable[[Path, Any, dict, dict], None],
+    max_steps: int | None,
+    progress: bool,
+) -> Path:
+    """The run every distiller makes around its own models and step: a frozen teacher from
+    ``config.teacher`` (its fingerprint kept in checkpoints, a resume with another teacher
+    refused), models and optimizers built here, ``trained_names`` checkpointed and wrapped for
+    DDP, :func:`run_steps` with ``train_step(step_models, optimizers, teacher, batch, config)``,
+    ``write_sample(path, teacher, models)`` on schedule, and on rank 0 ``export(path, teacher,
+    models, training)`` writing the model file ``out / export_name`` (``training``: config,
+    step, complete), whose path every process returns."""
+    from fastv2v.bundle import teacher_fingerprint
+    from fastv2v.train.state import save_training_state
+
+    out, ckpt = open_run(config, ctx, checkpoint_name)
+    teacher = load_frozen_teacher(config, ctx.device)
+    fingerprint = teacher_fingerprint(teacher)
+
+    seed_everything(config.seed)
+    models = build_models(config, teacher, ctx.device)
+    optimizers = build_optimizers(config, models)
+    trained = {name: models[name] for name in trained_names}  # plain modules: what checkpoints hold
+    step = resume_distillation(ckpt, trained, optimizers, config, fingerprint) if config.resume else 0
+    if ctx.is_main:
+        truncate_log(out / LOG, step)
+    end = config.steps if max_steps is None else min(config.steps, step + max_steps)
+    step_models = {**models, **{name: ctx.wrap(m) for name, m in trained.items()}}  # DDP for the step
+
+    def checkpoint(at: int) -> None:
+        extra = {"config": config.to_dict(), "teacher_fingerprint": fingerprint, "world_size": ctx.world_size}
+        save_training_state(ckpt, at, trained, optimizers, extra)
+
+    def sample(at: int) -> None:
+        write_sample(out / "samples" / f"step_{at:06d}.png", teacher, models)
+
+    if step < end:
+        step = run_steps(
+            ctx, config, dataset, step=step, end=end, out=out, optimizers=optimizers,
+            train_step=lambda batch: train_step(step_models, optimizers, teacher, batch, config),
+            checkpoint=checkpoint, check_batch=lambda batch: check_batch(batch, teacher, models, config),
+            sample=sample if write_sample is not None else None, desc=desc, progress=progress,
+        )  # fmt: skip
+    elif ctx.is_main and not ckpt.is_file():
+        checkpoint(step)
+
+    path = out / export_name
+    if ctx.is_main:
+        export(path, teacher, models, {"config": config.to_dict(), "step": step, "complete": step >= config.steps})
+    ctx.barrier()  # the other processes return once the files are in place
+    return path

@@ -59,21 +59,10 @@ from fastv2v.generators.student import (
     feature_mapping,
     student_from_teacher,
 )
-from fastv2v.bundle import teacher_fingerprint
 from fastv2v.methods.student_model import StudentModel, save_student
 from fastv2v.train.distributed import DistributedContext, check_precision, training_autocast
 from fastv2v.train.losses import GANLoss, VGGPerceptualLoss
-from fastv2v.train.loop import (
-    LOG,
-    load_frozen_teacher,
-    open_run,
-    process_group,
-    resume_distillation,
-    run_steps,
-    seed_everything,
-    truncate_log,
-)
-from fastv2v.train.state import save_training_state
+from fastv2v.train.loop import process_group, run_distillation
 
 CHECKPOINT = "checkpoint.pt"
 EXPORT = "student.safetensors"
@@ -362,49 +351,24 @@ def distill_student(
 
 
 def _distill(config, dataset, ctx: DistributedContext, *, sample_batch, progress, max_steps) -> Path:
-    out, ckpt = open_run(config, ctx, CHECKPOINT)
-    teacher = load_frozen_teacher(config, ctx.device)
-    fingerprint = teacher_fingerprint(teacher)
-
-    seed_everything(config.seed)
-    models = build_models(config, teacher, ctx.device)
-    optimizers = build_optimizers(config, models)
-    trained = {name: models[name] for name in TRAINED}  # plain modules: what checkpoints hold
-    step = 0
-    if config.resume:
-        step = resume_distillation(ckpt, trained, optimizers, config, fingerprint)
-    if ctx.is_main:
-        truncate_log(out / LOG, step)
-    end = config.steps if max_steps is None else min(config.steps, step + max_steps)
     sample = _collate(sample_batch)
-    step_models = {**models, **{name: ctx.wrap(m) for name, m in trained.items()}}  # DDP for the step
-    student = models["G"].student
 
-    def checkpoint(at: int) -> None:
-        extra = {"config": config.to_dict(), "teacher_fingerprint": fingerprint, "world_size": ctx.world_size}
-        save_training_state(ckpt, at, trained, optimizers, extra)
+    def write_sample(path: Path, teacher: SplitGenerator, models: dict) -> None:
+        write_samples(path, teacher, models["G"].student, sample, config)
 
-    def write_sample(at: int) -> None:
-        write_samples(out / "samples" / f"step_{at:06d}.png", teacher, student, sample, config)
-
-    if step < end:
-        step = run_steps(
-            ctx, config, dataset, step=step, end=end, out=out, optimizers=optimizers,
-            train_step=lambda batch: distill_step(step_models, optimizers, teacher, batch, config),
-            checkpoint=checkpoint, check_batch=lambda batch: _check_batch(batch, teacher, student, config),
-            sample=write_sample if sample is not None else None, desc="student", progress=progress,
-        )  # fmt: skip
-    elif ctx.is_main and not ckpt.is_file():
-        checkpoint(step)
-
-    export = out / EXPORT
-    if ctx.is_main:
-        training = {"config": config.to_dict(), "step": step, "complete": step >= config.steps}
+    def export(path: Path, teacher: SplitGenerator, models: dict, training: dict) -> None:
+        student = models["G"].student
         was_training = student.training
-        save_student(export, StudentModel(teacher, student.eval(), config.interval, {"training": training}))
+        save_student(path, StudentModel(teacher, student.eval(), config.interval, {"training": training}))
         student.train(was_training)
-    ctx.barrier()  # the other processes return once the files are in place
-    return export
+
+    return run_distillation(
+        config, dataset, ctx, checkpoint_name=CHECKPOINT, export_name=EXPORT, desc="student",
+        build_models=build_models, build_optimizers=build_optimizers, trained_names=TRAINED, train_step=distill_step,
+        check_batch=lambda batch, teacher, models, config: _check_batch(batch, teacher, models["G"].student, config),
+        write_sample=write_sample if sample is not None else None, export=export, max_steps=max_steps,
+        progress=progress,
+    )  # fmt: skip
 
 
 def _check_batch(batch: Mapping[str, Any], teacher: SplitGenerator, student: SpatialStudent,
