@@ -246,17 +246,43 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_distill_shortcut(args: argparse.Namespace) -> int:
+def _distillation_teacher(args: argparse.Namespace):
+    """The teacher a distiller starts from (``--teacher`` or the task's shipped one); also
+    applies ``--threads``."""
     import torch
 
-    from fastv2v.tasks import shipped_teacher, training_pairs
-    from fastv2v.train.shortcut import ShortcutTrainingConfig, distill_shortcut
+    from fastv2v.tasks import shipped_teacher
 
     if args.threads:
         torch.set_num_threads(args.threads)
     teacher = args.teacher or shipped_teacher(args.task)
     if teacher is None:
         raise UserError(f"this install ships no {args.task} teacher; pass your teacher's model file with --teacher.")
+    return teacher
+
+
+def _run_distillation(args: argparse.Namespace, config, distill) -> int:
+    """Frame pairs of the task (``config.gaps`` apart), four held-out samples, the run; rank 0
+    reports the model file."""
+    from fastv2v.tasks import training_pairs
+    from fastv2v.train.distributed import is_main_process
+
+    config.validate()
+    h, w = args.size
+    data = training_pairs(args.task, "train", height=h, width=w, videos=args.data, clips=args.clips,
+                          pair_gap=config.gaps)  # fmt: skip
+    heldout = training_pairs(args.task, "heldout", height=h, width=w, videos=args.data, pair_gap=config.gaps)
+    samples = [heldout[i * max(1, len(heldout) // 4)] for i in range(4)]
+    export = distill(config, data, sample_batch=samples, progress=not args.quiet, max_steps=args.max_steps)
+    if is_main_process():  # under torchrun only rank 0 reports
+        print(f"wrote {export} (checkpoint, samples and log in {args.out})")
+    return 0
+
+
+def cmd_distill_shortcut(args: argparse.Namespace) -> int:
+    from fastv2v.train.shortcut import ShortcutTrainingConfig, distill_shortcut
+
+    teacher = _distillation_teacher(args)
     h, w = args.size
     config = ShortcutTrainingConfig(
         teacher=str(teacher), out_dir=args.out, task=args.task, interval=args.interval, max_gap=args.max_gap,
@@ -265,31 +291,13 @@ def cmd_distill_shortcut(args: argparse.Namespace) -> int:
         sample_every=args.sample_every, seed=args.seed, resume=args.resume, device=args.device,
         num_workers=args.workers, reference_skip=not args.official_architecture, precision=args.precision,
     )  # fmt: skip
-    config.validate()
-    data = training_pairs(args.task, "train", height=h, width=w, videos=args.data, clips=args.clips,
-                          pair_gap=config.gaps)  # fmt: skip
-    heldout = training_pairs(args.task, "heldout", height=h, width=w, videos=args.data, pair_gap=config.gaps)
-    samples = [heldout[i * max(1, len(heldout) // 4)] for i in range(4)]
-    export = distill_shortcut(config, data, sample_batch=samples, progress=not args.quiet, max_steps=args.max_steps)
-    from fastv2v.train.distributed import is_main_process
-
-    if is_main_process():  # under torchrun only rank 0 reports
-        print(f"wrote {export} (checkpoint, samples and log in {args.out})")
-    return 0
+    return _run_distillation(args, config, distill_shortcut)
 
 
 def cmd_distill_student(args: argparse.Namespace) -> int:
-    import torch
-
-    from fastv2v.tasks import shipped_teacher, training_pairs
-    from fastv2v.train.distributed import is_main_process
     from fastv2v.train.student import StudentTrainingConfig, distill_student
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    teacher = args.teacher or shipped_teacher(args.task)
-    if teacher is None:
-        raise UserError(f"this install ships no {args.task} teacher; pass your teacher's model file with --teacher.")
+    teacher = _distillation_teacher(args)
     h, w = args.size
     config = StudentTrainingConfig(
         teacher=str(teacher), out_dir=args.out, task=args.task, body=args.body, width=args.width,
@@ -299,15 +307,33 @@ def cmd_distill_student(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, seed=args.seed, resume=args.resume,
         device=args.device, num_workers=args.workers, precision=args.precision,
     )  # fmt: skip
-    config.validate()
-    data = training_pairs(args.task, "train", height=h, width=w, videos=args.data, clips=args.clips,
-                          pair_gap=config.gaps)  # fmt: skip
-    heldout = training_pairs(args.task, "heldout", height=h, width=w, videos=args.data, pair_gap=config.gaps)
-    samples = [heldout[i * max(1, len(heldout) // 4)] for i in range(4)]
-    export = distill_student(config, data, sample_batch=samples, progress=not args.quiet, max_steps=args.max_steps)
-    if is_main_process():  # under torchrun only rank 0 reports
-        print(f"wrote {export} (checkpoint, samples and log in {args.out})")
-    return 0
+    return _run_distillation(args, config, distill_student)
+
+
+def _add_distillation_options(p: argparse.ArgumentParser, export: str) -> None:
+    """The options every ``fastv2v distill`` command shares (teacher, data, run, schedule)."""
+    p.add_argument("--task", required=True, choices=["scenes", "edges"], help="the teacher's task (training pairs)")
+    p.add_argument("--teacher", default=None, help="teacher model file (default: the task's shipped teacher)")
+    p.add_argument("--data", nargs="*", default=None, help="edges: videos or folders (default: the sample clips)")
+    p.add_argument("--clips", type=int, default=64, help="scenes: synthetic training clips (default 64)")
+    p.add_argument("--size", type=_size, default=(128, 256), metavar="HxW", help="training size (default 128x256)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--steps", type=int, default=2000, help="total steps of the run (default 2000)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop this call after that many steps (resume later)")
+    p.add_argument("--decay-steps", type=int, default=0, help="linear lr decay to 0 over the last N steps")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--vgg-weights", default=None, help="local torchvision VGG19 weights for a perceptual loss")
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--sample-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="bf16: forward passes and losses under bfloat16 autocast (fp16 is refused: no loss scaling)")  # fmt: skip
+    p.add_argument("--out", required=True, help=f"run folder: checkpoint.pt, samples/, log.jsonl, {export}")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--quiet", action="store_true")
 
 
 def cmd_import_shortcut(args: argparse.Namespace) -> int:
@@ -472,8 +498,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = distill.add_parser("shortcut", help="train a Shortcut-V2V block for a frozen teacher (writes one model file "
                            "with teacher, block and interval)")  # fmt: skip
-    p.add_argument("--task", required=True, choices=["scenes", "edges"], help="the teacher's task (training pairs)")
-    p.add_argument("--teacher", default=None, help="teacher model file (default: the task's shipped teacher)")
     p.add_argument("--interval", type=int, default=3, help="key-frame interval; pairs are d = 1..interval-1 apart "
                    "(default 3)")  # fmt: skip
     p.add_argument("--max-gap", type=int, default=None, help="train on gaps up to this (default interval-1; "
@@ -481,32 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=None, help="block width (default: half the feature channels)")
     p.add_argument("--official-architecture", action="store_true", help="train the paper's block exactly, without "
                    "the reference skip (see docs/shortcut.md: slower to train, starts behind repeat)")  # fmt: skip
-    p.add_argument("--data", nargs="*", default=None, help="edges: videos or folders (default: the sample clips)")
-    p.add_argument("--clips", type=int, default=64, help="scenes: synthetic training clips (default 64)")
-    p.add_argument("--size", type=_size, default=(128, 256), metavar="HxW", help="training size (default 128x256)")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--steps", type=int, default=2000, help="total steps of the run (default 2000)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop this call after that many steps (resume later)")
-    p.add_argument("--decay-steps", type=int, default=0, help="linear lr decay to 0 over the last N steps")
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--vgg-weights", default=None, help="local torchvision VGG19 weights for a perceptual loss")
-    p.add_argument("--checkpoint-every", type=int, default=200)
-    p.add_argument("--sample-every", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="bf16: forward passes and losses under bfloat16 autocast (fp16 is refused: no loss scaling)")  # fmt: skip
-    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, samples/, log.jsonl, shortcut.safetensors")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--quiet", action="store_true")
+    _add_distillation_options(p, "shortcut.safetensors")
     p.set_defaults(func=cmd_distill_shortcut)
 
     p = distill.add_parser("student", help="train a Fast-Vid2Vid spatial student (half-resolution input, cheap "
                            "body) for a frozen teacher; writes one model file with teacher and student")  # fmt: skip
-    p.add_argument("--task", required=True, choices=["scenes", "edges"], help="the teacher's task (training pairs)")
-    p.add_argument("--teacher", default=None, help="teacher model file (default: the task's shipped teacher)")
     p.add_argument("--body", default="inverted", choices=["inverted", "resnet"], help="inverted: inverted-residual "
                    "blocks (cheap, the default); resnet: the teacher's own body (only the input is halved)")  # fmt: skip
     p.add_argument("--width", type=int, default=None, help="inverted body width (default: 2 ngf, the teacher's "
@@ -520,26 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temporal", action="store_true", help="also part-time (temporal) distillation on pairs up to "
                    "--max-gap frames apart (student on both frames; twice the step time)")  # fmt: skip
     p.add_argument("--max-gap", type=int, default=None, help="--temporal: largest pair gap (default 3)")
-    p.add_argument("--data", nargs="*", default=None, help="edges: videos or folders (default: the sample clips)")
-    p.add_argument("--clips", type=int, default=64, help="scenes: synthetic training clips (default 64)")
-    p.add_argument("--size", type=_size, default=(128, 256), metavar="HxW", help="training size (default 128x256)")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--steps", type=int, default=2000, help="total steps of the run (default 2000)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop this call after that many steps (resume later)")
-    p.add_argument("--decay-steps", type=int, default=0, help="linear lr decay to 0 over the last N steps")
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--vgg-weights", default=None, help="local torchvision VGG19 weights for a perceptual loss")
-    p.add_argument("--checkpoint-every", type=int, default=200)
-    p.add_argument("--sample-every", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, samples/, log.jsonl, student.safetensors")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="bf16: forward passes and losses under bfloat16 autocast (fp16 is refused: no loss scaling)")  # fmt: skip
+    _add_distillation_options(p, "student.safetensors")
     p.set_defaults(func=cmd_distill_student)
 
     imports = sub.add_parser("import", help="convert models trained with other code").add_subparsers(
