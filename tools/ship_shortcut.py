@@ -38,8 +38,12 @@ def psnr_of(outputs, references, keys) -> tuple[float, float]:
     return db(mse), db(nonkey)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def ship(doc: str, kind: str, load):
+    """Parse the ship command line, store ``<run>/<kind>.safetensors`` as the package's
+    ``<task>_<kind>.safetensors`` after ``load(path, teacher=...)`` has checked it was distilled
+    from the shipped teacher; returns ``(args, teacher, target, model, size)``, the model read
+    back from the stored file."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--task", required=True, choices=["scenes", "edges"])
     parser.add_argument("--run", required=True, type=Path, help="distillation run folder")
     parser.add_argument("--command", required=True, help="the exact command(s) that trained it")
@@ -48,12 +52,17 @@ def main() -> None:
     torch.set_num_threads(1)
 
     teacher = load_generator(shipped_teacher(args.task))
-    target = WEIGHTS_DIR / f"{args.task}_shortcut.safetensors"
-    load_shortcut(args.run / "shortcut.safetensors", teacher=teacher)  # refuses another teacher
-    shutil.copyfile(args.run / "shortcut.safetensors", target)
-    model = load_shortcut(target, teacher=teacher)
+    target = WEIGHTS_DIR / f"{args.task}_{kind}.safetensors"
+    load(args.run / f"{kind}.safetensors", teacher=teacher)  # refuses another teacher
+    shutil.copyfile(args.run / f"{kind}.safetensors", target)
+    model = load(target, teacher=teacher)
+    size = tuple(model.info["training"]["config"].get("size") or (128, 256))
+    return args, teacher, target, model, size
+
+
+def main() -> None:
+    args, teacher, target, model, size = ship(__doc__, "shortcut", load_shortcut)
     config = model.info["training"]["config"]
-    size = tuple(config.get("size") or (128, 256))
 
     rows = []
     with torch.no_grad():

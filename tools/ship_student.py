@@ -9,8 +9,6 @@ fingerprint); the card's numbers are computed from the stored file.
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -19,34 +17,20 @@ import torch
 
 from fastv2v.bench.runner import drive
 from fastv2v.data.paired import heldout_clip
-from fastv2v.generators import load_generator
 from fastv2v.methods.base import Repeat
 from fastv2v.methods.interpolate import Interp
 from fastv2v.methods.student import Fast, Spatial
 from fastv2v.methods.student_model import load_student
 from fastv2v.metrics.profile import profile
-from fastv2v.tasks import WEIGHTS_DIR, shipped_teacher
+from fastv2v.tasks import WEIGHTS_DIR
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ship_shortcut import CLIPS, psnr_of  # noqa: E402
+from ship_shortcut import CLIPS, psnr_of, ship  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", required=True, choices=["scenes", "edges"])
-    parser.add_argument("--run", required=True, type=Path, help="distillation run folder")
-    parser.add_argument("--command", required=True, help="the exact command(s) that trained it")
-    parser.add_argument("--frames", type=int, default=40, help="frames per held-out clip (default 40)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-
-    teacher = load_generator(shipped_teacher(args.task))
-    target = WEIGHTS_DIR / f"{args.task}_student.safetensors"
-    load_student(args.run / "student.safetensors", teacher=teacher)  # refuses another teacher
-    shutil.copyfile(args.run / "student.safetensors", target)
-    model = load_student(target, teacher=teacher)
+    args, teacher, target, model, size = ship(__doc__, "student", load_student)
     config = model.info["training"]["config"]
-    size = tuple(config.get("size") or (128, 256))
 
     rows = []
     with torch.no_grad():
