@@ -346,11 +346,6 @@ def distill_student(
     data-parallel on chunks of the global batch; rank 0 writes the files.
     """
     config.validate()
-    with process_group(config, ctx) as ctx:
-        return _distill(config, dataset, ctx, sample_batch=sample_batch, progress=progress, max_steps=max_steps)
-
-
-def _distill(config, dataset, ctx: DistributedContext, *, sample_batch, progress, max_steps) -> Path:
     sample = _collate(sample_batch)
 
     def write_sample(path: Path, teacher: SplitGenerator, models: dict) -> None:
@@ -362,13 +357,14 @@ def _distill(config, dataset, ctx: DistributedContext, *, sample_batch, progress
         save_student(path, StudentModel(teacher, student.eval(), config.interval, {"training": training}))
         student.train(was_training)
 
-    return run_distillation(
-        config, dataset, ctx, checkpoint_name=CHECKPOINT, export_name=EXPORT, desc="student",
-        build_models=build_models, build_optimizers=build_optimizers, trained_names=TRAINED, train_step=distill_step,
-        check_batch=lambda batch, teacher, models, config: _check_batch(batch, teacher, models["G"].student, config),
-        write_sample=write_sample if sample is not None else None, export=export, max_steps=max_steps,
-        progress=progress,
-    )  # fmt: skip
+    with process_group(config, ctx) as ctx:
+        return run_distillation(
+            config, dataset, ctx, checkpoint_name=CHECKPOINT, export_name=EXPORT, desc="student",
+            build_models=build_models, build_optimizers=build_optimizers, trained_names=TRAINED, train_step=distill_step,
+            check_batch=lambda batch, teacher, models, config: _check_batch(batch, teacher, models["G"].student, config),
+            write_sample=write_sample if sample is not None else None, export=export, max_steps=max_steps,
+            progress=progress,
+        )  # fmt: skip
 
 
 def _check_batch(batch: Mapping[str, Any], teacher: SplitGenerator, student: SpatialStudent,
