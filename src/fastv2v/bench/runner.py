@@ -154,14 +154,6 @@ class ModelEntry:
         }  # fmt: skip
 
 
-def _file_kind(path: Path) -> str:
-    if path.suffix == ".safetensors":
-        from fastv2v.checkpoint import read_config
-
-        return (read_config(path) or {}).get("kind", "generator")
-    return "generator"
-
-
 def load_model(item: Any, device: torch.device) -> ModelEntry:
     """A path (teacher or method bundle), a generator, or ``(label, generator)``."""
     from fastv2v.generators.base import SplitGenerator
@@ -175,7 +167,9 @@ def load_model(item: Any, device: torch.device) -> ModelEntry:
     path = Path(item)
     if not path.exists():
         raise UserError(f"{path} does not exist; pass the path of a model file with --model.")
-    kind = _file_kind(path)
+    from fastv2v.models import model_kind
+
+    kind = model_kind(path)
     if kind == "generator":
         from fastv2v.generators import load_generator
 

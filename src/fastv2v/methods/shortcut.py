@@ -526,7 +526,7 @@ class ShortcutMethod(OnlineMethod):
         if key:  # the plain head again: key frames are the teacher's own ops, bit for bit
             y, reference = self.key_frame(x)
             return y, StreamState(since_key=1, reference=reference, schedule=schedule), True
-        y = self.non_key_frame(x, state.reference, a)
+        y = self.non_key_frame(x, state.reference, a, drift=score)
         return y, StreamState(since_key=state.since_key + 1, reference=state.reference, schedule=schedule), False
 
     def key_frame(self, x: torch.Tensor, a: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -537,14 +537,23 @@ class ShortcutMethod(OnlineMethod):
         return y, reference
 
     def non_key_frame(
-        self, x: torch.Tensor, reference: dict[str, torch.Tensor], a: torch.Tensor | None = None, gate: bool = True
+        self,
+        x: torch.Tensor,
+        reference: dict[str, torch.Tensor],
+        a: torch.Tensor | None = None,
+        gate: bool = True,
+        drift: float | None = None,
     ) -> torch.Tensor:
+        """``tail(block(head(x)))``; ``a``: the head features when already computed, ``drift``:
+        their :func:`drift_score` when already known (the adaptive schedule measured it)."""
         head, tail = self.fast_parts
         if a is None:
             a = head(x)
             self._check_frame(x, a)
-        if gate and self.reuse_below > 0 and drift_score(a, reference["a"]) < self.reuse_below:
-            return reference["y"]  # hardly moved: the key frame's output beats the block (calibrated)
+        if gate and self.reuse_below > 0:
+            drift = drift_score(a, reference["a"]) if drift is None else drift
+            if drift < self.reuse_below:
+                return reference["y"]  # hardly moved: the key frame's output beats the block (calibrated)
         f_hat, _ = self.block.predict(a, self._prepared(reference), aligned=False)
         return tail(f_hat)
 
