@@ -182,6 +182,32 @@ def test_interp_keys_flow_and_output_flow_also_work():
         assert psnr(outs[2], frames[2]) > psnr(frames[0], frames[2]) + 8
 
 
+def test_flow_settings_by_source():
+    """Inputs: smoothed before DIS, no zero-motion snapping (it cannot see the output's texture
+    where the input is flat); outputs: snapping on. Both can be set."""
+    pictures = METHODS["interp"](IdentityTeacher(), 4)
+    assert (pictures.flow, pictures.smooth, pictures.zero_margin) == ("direct", 1.5, None)
+    assert METHODS["interp"](IdentityTeacher(), 4, flow="keys", source="output").zero_margin == 3.0
+    assert METHODS["interp"](IdentityTeacher(), 4, zero_margin=2.0, smooth=0).zero_margin == 2.0
+    with pytest.raises(UserError, match="smooth"):
+        METHODS["interp"](IdentityTeacher(), 4, smooth=-1)
+
+
+def test_fixed_schedule_with_output_flow_never_reads_the_inputs(monkeypatch):
+    """Label maps with flow between key outputs: making each input's picture (an argmax over the
+    classes, a few ms a frame) would be wasted work, so it is skipped; peaks still reads them."""
+    torch.manual_seed(0)
+    g = ResnetGenerator(input_nc=5, ngf=4, n_blocks=1, label_nc=5).eval()
+    labels = [np.random.default_rng(i).integers(0, 5, (32, 32)) for i in range(7)]
+    xs = [g.encode_input(torch.from_numpy(lab[None])) for lab in labels]
+    seen = []
+    original = METHODS["interp"]._picture
+    monkeypatch.setattr(METHODS["interp"], "_picture", lambda self, x: seen.append(1) or original(self, x))
+    with torch.no_grad():
+        assert len(list(drive(METHODS["interp"](g, 3), xs))) == 7 and not seen
+        assert len(list(drive(METHODS["interp"](g, 3, keyframes="peaks"), xs))) == 7 and len(seen) == 7
+
+
 @pytest.mark.parametrize("name", ["interp", "minterpolate"])
 def test_key_frames_are_the_teacher_bit_for_bit(name):
     torch.manual_seed(0)

@@ -12,7 +12,9 @@ The streaming protocol (state passed in and out explicitly, as for methods):
   not) for the oldest frames not yet decided, in frame order, possibly none.
 * ``flush(state) -> decisions``: the decisions for every frame still undecided at the end.
 * ``lookahead``: how many later frames a decision may wait for; ``max_gap``: the longest key
-  gap the schedule makes (None: no bound of its own); ``spec``: the text form.
+  gap the schedule makes (None: no bound of its own); ``spec``: the text form;
+  ``reads_frames`` (default True): False for a schedule that never looks at the frames, whose
+  ``push`` then gets None (the method skips making the picture).
 
 Frame 0 is always a key frame. Which frame is the last one is not known while streaming, so the
 interpolating method makes the last frame a key frame itself (there is nothing to interpolate
@@ -135,6 +137,7 @@ class FixedKeys:
     """``fixed:N``: frame 0 and every ``N``-th frame are key frames (the method adds the last)."""
 
     lookahead = 0
+    reads_frames = False  # decides by position alone: ``push`` may be given None for the frame
 
     def __init__(self, interval: int):
         if int(interval) != interval or interval < 1:
