@@ -234,6 +234,22 @@ def test_distill_resume_is_exact_and_exports_a_bundle(tmp_path, teacher_file, te
     assert len(losses) == 4 and ('"temporal"' in losses[0]) == temporal
 
 
+def test_warm_start_copies_the_student_and_refuses_another(tmp_path, teacher_file):
+    from fastv2v.train.student import build_models, distill_student
+
+    first = distill_student(distill_config(tmp_path, teacher_file, "a", steps=2), pairs(2), progress=False)
+    trained = load_student(first).student
+    models = build_models(distill_config(tmp_path, teacher_file, "b", init=str(first)), make_teacher())
+    for (k, v), w in zip(trained.state_dict().items(), models["G"].student.state_dict().values()):
+        assert torch.equal(v, w), k
+    with pytest.raises(UserError, match="width 8 .this run: 16."):
+        build_models(distill_config(tmp_path, teacher_file, "c", init=str(first), width=16), make_teacher())
+    other = tmp_path / "other.safetensors"
+    save_generator(other, make_teacher(seed=5))
+    with pytest.raises(UserError, match="different teacher"):
+        distill_student(distill_config(tmp_path, other, "d", init=str(first)), pairs(2), progress=False)
+
+
 def test_motion_weights_follow_the_moving_pixels():
     from fastv2v.train.student import motion_weights
 

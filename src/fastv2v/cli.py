@@ -305,7 +305,7 @@ def cmd_distill_student(args: argparse.Namespace) -> int:
         steps=args.steps, decay_steps=args.decay_steps, lr=args.lr, motion_weight=args.motion_weight,
         vgg_weights=args.vgg_weights, temporal=args.temporal, max_gap=args.max_gap,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, seed=args.seed, resume=args.resume,
-        device=args.device, num_workers=args.workers, precision=args.precision,
+        device=args.device, num_workers=args.workers, precision=args.precision, init=args.init,
     )  # fmt: skip
     return _run_distillation(args, config, distill_student)
 
@@ -523,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temporal", action="store_true", help="also part-time (temporal) distillation on pairs up to "
                    "--max-gap frames apart (student on both frames; twice the step time)")  # fmt: skip
     p.add_argument("--max-gap", type=int, default=None, help="--temporal: largest pair gap (default 3)")
+    p.add_argument("--init", default=None, metavar="STUDENT", help="start from the student in this model file "
+                   "(same teacher and student settings) instead of the teacher's layers: a warm start")  # fmt: skip
     _add_distillation_options(p, "student.safetensors")
     p.set_defaults(func=cmd_distill_student)
 

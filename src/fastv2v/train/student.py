@@ -77,7 +77,9 @@ class StudentTrainingConfig:
     ``interval``: the ``fast`` method's default key-frame interval written into the model file.
     ``motion_weight``: how much more the fastest-moving pixels weigh in the output L1 (0: a plain
     L1). ``flow_preset``: DIS preset of the motion mask and the temporal term. ``temporal``: the
-    part-time distillation, on pairs up to ``max_gap`` frames apart (default 3).
+    part-time distillation, on pairs up to ``max_gap`` frames apart (default 3). ``init``: a
+    student model file to start from instead of the teacher's layers (a warm start; its student
+    must have the architecture the other fields ask for and come from the same teacher).
     """
 
     teacher: str = ""
@@ -115,6 +117,7 @@ class StudentTrainingConfig:
     num_workers: int = 0
     device: str = "cpu"
     precision: str = "fp32"
+    init: str | None = None
 
     @property
     def gaps(self) -> int | tuple[int, int]:
@@ -127,6 +130,7 @@ class StudentTrainingConfig:
         out["teacher"] = str(self.teacher)
         out["out_dir"] = str(self.out_dir)
         out["vgg_weights"] = None if self.vgg_weights is None else str(self.vgg_weights)
+        out["init"] = None if self.init is None else str(self.init)
         return json.loads(json.dumps(out))
 
     def validate(self) -> None:
@@ -174,9 +178,28 @@ def make_student(config: StudentTrainingConfig, teacher: SplitGenerator) -> Spat
     if config.body == "inverted":
         kwargs.update(width=config.width, blocks=config.blocks)
     try:
-        return student_from_teacher(teacher, **kwargs)
+        student = student_from_teacher(teacher, **kwargs)
     except ValueError as exc:
         raise UserError(f"cannot build a student for this teacher: {exc}.") from None
+    if config.init:
+        warm_start(student, config.init, teacher)
+    return student
+
+
+def warm_start(student: SpatialStudent, path: str | Path, teacher: SplitGenerator) -> None:
+    """Copy the weights of the student in model file ``path`` into ``student``; refuse a file
+    distilled from another teacher or holding a student of another architecture (one sentence
+    naming the file and the setting that differs)."""
+    from fastv2v.methods.student_model import load_student
+
+    model = load_student(path, teacher=teacher)
+    mine, theirs = student.config, model.student.config
+    differ = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
+    if differ:
+        settings = ", ".join(f"{k} {theirs.get(k)!r} (this run: {mine.get(k)!r})" for k in differ)
+        raise UserError(f"{path}: its student differs from the one this run builds in {settings}; "
+                        "give the same student settings or start without --init.")  # fmt: skip
+    student.load_state_dict(model.student.state_dict())
 
 
 def build_models(
