@@ -65,7 +65,9 @@ def main() -> None:
         f"- **Default interval of `fast`:** {model.interval}.",
         f"- **Training:** {model.info['training']['step']} steps of batch {config['batch']} at {size[0]}x{size[1]}, "
         f"lr {config['lr']} (linear decay over the last {config['decay_steps']}), motion-weighted output L1, feature "
-        "L1 through a 1x1 mapping, LSGAN, on 2 CPU cores.",
+        "L1 through a 1x1 mapping, LSGAN, on 2 CPU cores"
+        + (f", warm-started from `{Path(config['init']).name}` (`--init`; see the command)." if config.get("init")
+           else "."),
         f"- **Command:** `{args.command}`",
         f"- **Cost at {size[0]}x{size[1]}:** teacher {full.macs_exact / 1e9:.2f} G exact / {full.macs_paper / 1e9:.2f} "
         f"G paper MACs per frame; student {student.macs_exact / 1e9:.2f} G / {student.macs_paper / 1e9:.2f} G "
