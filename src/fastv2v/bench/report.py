@@ -170,6 +170,10 @@ def markdown(report: dict, *, title: str = "fastv2v benchmark", level: int = 1) 
         f"error: flicker against the {_motion_text(report)} motion, lower is better. "
         "Full definitions: `conventions` in bench.json.",
     ]
+    uncounted = _uncounted_notes(report)
+    if uncounted:
+        lines += ["", "Work outside torch, which the MAC columns do not count (its time is in ms/frame and e2e):"]
+        lines += [f"- {n}" for n in uncounted]
     notes = _null_notes(report)
     if notes:
         lines += ["", "Empty cells (—):"] + [f"- {n}" for n in notes]
@@ -184,6 +188,17 @@ def markdown(report: dict, *, title: str = "fastv2v benchmark", level: int = 1) 
 def _motion_text(report: dict) -> str:
     sources = sorted({r.get("warp_error_motion") for r in report["results"] if r.get("warp_error_motion")})
     return " / ".join(sources) or "input"
+
+
+def _uncounted_notes(report: dict) -> list[str]:
+    """One line per row whose method does work the MAC counter cannot see (``macs_uncounted``)."""
+    out = []
+    for r in report["results"]:
+        reason = (r.get("notes") or {}).get("macs_uncounted")
+        if reason:
+            at = r["method"] if r["interval"] is None else f"{r['method']}@{r['interval']}"
+            out.append(f"{at}: {reason}")
+    return out
 
 
 def _null_notes(report: dict) -> list[str]:
