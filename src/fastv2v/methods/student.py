@@ -133,8 +133,9 @@ class Fast(Interp):
     Fast-Vid2Vid's interpolation; on label maps that is ``interp``'s own choice): on picture
     inputs ``interp``'s ``"direct"`` flow costs four DIS flows per in-between frame, about
     15 ms at 128x256 on one CPU thread, which alone would cap ``fast`` near 3.5x the teacher's
-    speed; ``"keys"`` costs two flows per key gap (edges, gap 4, teacher key frames: 0.3 dB
-    lower PSNR to the teacher on the in-between frames than ``"direct"``, 1.4x faster)."""
+    speed; ``"keys"`` costs two flows per key gap (the three held-out edges clips with teacher
+    key frames, PSNR to the teacher over all frames: 0.5 dB below ``"direct"`` at gaps 2 and 4,
+    1.1 dB at gap 8)."""
 
     name = "fast"
     model_kind = KIND
