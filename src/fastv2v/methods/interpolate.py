@@ -65,7 +65,7 @@ class _Frame:
     index: int
     x: torch.Tensor  # model input (kept in case the frame becomes a key frame at the end)
     to_picture: Callable[[torch.Tensor], np.ndarray] = field(repr=False)
-    derived: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # e.g. the smoothed picture
+    smoothed: np.ndarray | None = field(default=None, repr=False)  # the picture as input flow sees it
 
     @functools.cached_property
     def picture(self) -> np.ndarray:
@@ -79,11 +79,11 @@ class _Key:
     index: int
     y: torch.Tensor  # the teacher's output (1 x C x H x W)
     frame: _Frame  # the key frame's input
-    output: np.ndarray  # the output as HxWxC uint8
 
-    @property
-    def picture(self) -> np.ndarray:
-        return self.frame.picture
+    @functools.cached_property
+    def output(self) -> np.ndarray:
+        """The output as HxWxC uint8, as ``decode_output`` rounds it (output flow, FFmpeg)."""
+        return _u8(self.y)
 
     @functools.cached_property
     def hwc(self) -> np.ndarray:
@@ -172,7 +172,7 @@ class KeyframeInterpolation(OnlineMethod):
             # stand-in key outputs (zeros, output-sized): only the in-between frame's own work runs
             y = torch.zeros(1, self.teacher.output_nc, *x.shape[-2:], device=x.device)
             frame = _Frame(1, x, self._picture)
-            k0, k1 = _Key(0, y, frame, _u8(y)), _Key(2, y, frame, _u8(y))
+            k0, k1 = _Key(0, y, frame), _Key(2, y, frame)
             return self.interpolate(k0, k1, [frame], [0.5])
 
         return run
@@ -235,7 +235,7 @@ class KeyframeInterpolation(OnlineMethod):
     def _close(self, s: BufferedState, frame: _Frame) -> list[tuple[torch.Tensor, bool]]:
         """Run the key model on ``frame`` (a key frame), then interpolate the frames before it."""
         y = self.key_output(frame.x)
-        key = _Key(frame.index, y, frame, _u8(y))
+        key = _Key(frame.index, y, frame)
         out: list[tuple[torch.Tensor, bool]] = []
         if s.pending:
             k0 = s.key
@@ -383,11 +383,11 @@ class Interp(KeyframeInterpolation):
         """A frame's input as flow on the inputs sees it: its picture, smoothed (made once)."""
         if not self.smooth:
             return frame.picture
-        if "smoothed" not in frame.derived:
+        if frame.smoothed is None:
             import cv2
 
-            frame.derived["smoothed"] = cv2.GaussianBlur(frame.picture, (0, 0), self.smooth)
-        return frame.derived["smoothed"]
+            frame.smoothed = cv2.GaussianBlur(frame.picture, (0, 0), self.smooth)
+        return frame.smoothed
 
     def interpolate(self, k0, k1, frames, ts):
         from fastv2v.flow import occlusion_mask, warp
