@@ -190,14 +190,18 @@ def _motion_text(report: dict) -> str:
     return " / ".join(sources) or "input"
 
 
+def _row_label(r: dict) -> str:
+    """A result row as ``method@interval`` (``method`` alone when it has no interval)."""
+    return r["method"] if r["interval"] is None else f"{r['method']}@{r['interval']}"
+
+
 def _uncounted_notes(report: dict) -> list[str]:
     """One line per row whose method does work the MAC counter cannot see (``macs_uncounted``)."""
     out = []
     for r in report["results"]:
         reason = (r.get("notes") or {}).get("macs_uncounted")
         if reason:
-            at = r["method"] if r["interval"] is None else f"{r['method']}@{r['interval']}"
-            out.append(f"{at}: {reason}")
+            out.append(f"{_row_label(r)}: {reason}")
     return out
 
 
@@ -217,8 +221,7 @@ def _null_notes(report: dict) -> list[str]:
                 continue
             if field != "keyframes" and r.get(field) is not None:
                 continue  # an explanatory note on a value that exists
-            at = r["method"] if r["interval"] is None else f"{r['method']}@{r['interval']}"
-            grouped.setdefault((field, reason), []).append(at)
+            grouped.setdefault((field, reason), []).append(_row_label(r))
     return [f"{field} ({', '.join(rows)}): {reason}" for (field, reason), rows in grouped.items()]
 
 
@@ -277,8 +280,7 @@ def pareto(report: dict, path: str | os.PathLike) -> None:
                     continue
                 color = colors.setdefault(r["method"], palette[len(colors) % len(palette)])
                 ax.scatter([x], [y], color=color, marker=marker, zorder=3)
-                at = r["method"] if r["interval"] is None else f"{r['method']}@{r['interval']}"
-                ax.annotate(at, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+                ax.annotate(_row_label(r), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
                 points.append((x, y))
                 plotted = True
             front = _front(points)
