@@ -67,7 +67,7 @@ def quick_model(task: str, kind: str, folder: Path) -> Path:
     from fastv2v.generators import build_generator
     from fastv2v.generators.student import student_from_teacher
     from fastv2v.methods.shortcut import ShortcutBlock
-    from fastv2v.methods.shortcut_model import ShortcutModel, save_shortcut
+    from fastv2v.methods.shortcut.model_file import ShortcutModel, save_shortcut
     from fastv2v.methods.student_model import StudentModel, save_student
     from fastv2v.tasks import generator_config
 

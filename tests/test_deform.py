@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
-import fastv2v.methods.deform as deform
-from fastv2v.methods.deform import blended_deform_conv2d, deform_conv2d, flow_sample
+import fastv2v.methods.shortcut.deform as deform
+from fastv2v.methods.shortcut.deform import blended_deform_conv2d, deform_conv2d, flow_sample
 
 # (batch, C_in, C_out, H, W, kernel, stride, padding, dilation, with mask)
 SHAPES = [

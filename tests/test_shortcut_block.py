@@ -122,7 +122,7 @@ def test_hetconv_folded_equals_official():
     torch.manual_seed(0)
     het = HetConv(16, 8).double()
     x = torch.randn(2, 16, 6, 7, dtype=torch.float64)
-    from fastv2v.methods.shortcut import _hetconv
+    from fastv2v.methods.shortcut.block import _hetconv
     assert torch.allclose(_hetconv(het, x), het(x), atol=1e-12)
     assert torch.allclose(_hetconv(het, x, centre=False), het(x), atol=1e-12)
 

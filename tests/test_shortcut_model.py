@@ -11,8 +11,8 @@ from fastv2v.cli import main
 from fastv2v.generators import ResnetGenerator, save_generator
 from fastv2v.methods.base import run_online
 from fastv2v.methods.shortcut import ShortcutBlock, ShortcutMethod
-from fastv2v.methods.shortcut_import import import_official, infer_block_config
-from fastv2v.methods.shortcut_model import ShortcutModel, load_shortcut, save_shortcut, teacher_fingerprint
+from fastv2v.methods.shortcut.official import import_official, infer_block_config
+from fastv2v.methods.shortcut.model_file import ShortcutModel, load_shortcut, save_shortcut, teacher_fingerprint
 
 from test_shortcut_block import official_forward, randomise
 

@@ -20,7 +20,7 @@ from fastv2v.data.paired import heldout_clip
 from fastv2v.generators import load_generator
 from fastv2v.methods.base import Repeat, Reuse, run_online
 from fastv2v.methods.shortcut import ShortcutMethod
-from fastv2v.methods.shortcut_model import load_shortcut
+from fastv2v.methods.shortcut.model_file import load_shortcut
 from fastv2v.metrics.profile import profile
 from fastv2v.tasks import WEIGHTS_DIR, shipped_teacher
 

@@ -112,7 +112,7 @@ def _online_method(args: argparse.Namespace, model):
     teacher itself). A Shortcut-V2V model file runs ``shortcut`` unless told otherwise."""
     import fastv2v.methods  # noqa: F401  (registers every method)
     from fastv2v.methods.base import METHODS
-    from fastv2v.methods.shortcut_model import ShortcutModel, check_teacher
+    from fastv2v.methods.shortcut.model_file import ShortcutModel, check_teacher
     from fastv2v.methods.student_model import StudentModel
     from fastv2v.methods.student_model import check_teacher as check_student_teacher
 
@@ -337,8 +337,8 @@ def _add_distillation_options(p: argparse.ArgumentParser, export: str) -> None:
 
 
 def cmd_import_shortcut(args: argparse.Namespace) -> int:
-    from fastv2v.methods.shortcut_import import import_official
-    from fastv2v.methods.shortcut_model import save_shortcut
+    from fastv2v.methods.shortcut.official import import_official
+    from fastv2v.methods.shortcut.model_file import save_shortcut
 
     if not str(args.output).endswith(".safetensors"):
         raise UserError(f"{args.output}: fastv2v model files are .safetensors; name the output model.safetensors.")

@@ -30,7 +30,7 @@ def model_kind(path: str | os.PathLike) -> str:
 
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu", arch: str | None = None, **config: Any):
     """The model in ``path``, in eval mode: a :class:`~fastv2v.generators.SplitGenerator`, or a
-    :class:`~fastv2v.methods.shortcut_model.ShortcutModel` whose ``.block`` is the Shortcut
+    :class:`~fastv2v.methods.shortcut.model_file.ShortcutModel` whose ``.block`` is the Shortcut
     block (``block(a_t=..., a_ref=..., f_ref=...)`` returns the predicted body features first)
     and ``.teacher`` the generator, or a :class:`~fastv2v.methods.student_model.StudentModel`
     (Fast-Vid2Vid: ``.student`` the spatial student, ``.teacher`` the generator it was distilled
@@ -41,7 +41,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu", a
 
         return load_generator(path, arch=arch, device=device, **config)
     if kind == "shortcut":
-        from fastv2v.methods.shortcut_model import load_shortcut
+        from fastv2v.methods.shortcut.model_file import load_shortcut
 
         return load_shortcut(path, device=device)
     if kind == "student":

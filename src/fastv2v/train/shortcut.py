@@ -19,7 +19,7 @@ through the frozen tail into the block). Losses, with the paper's weights:
 Adam (2e-4, 0.5/0.999) for the block and both discriminators. Under ``torchrun`` it trains
 data-parallel like every fastv2v trainer (:mod:`fastv2v.train.distributed`). Checkpoints are atomic and
 resume exactly, as for the teacher (:mod:`fastv2v.train.state`); the run ends by writing one
-self-describing model file (teacher + block + interval, :mod:`fastv2v.methods.shortcut_model`).
+self-describing model file (teacher + block + interval, :mod:`fastv2v.methods.shortcut.model_file`).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from torch import nn
 from fastv2v.errors import UserError
 from fastv2v.generators.base import SplitGenerator
 from fastv2v.generators.discriminators import NLayerDiscriminator
-from fastv2v.methods.shortcut import ShortcutBlock
-from fastv2v.methods.shortcut_model import ShortcutModel, save_shortcut
+from fastv2v.methods.shortcut.block import ShortcutBlock
+from fastv2v.methods.shortcut.model_file import ShortcutModel, save_shortcut
 from fastv2v.train.losses import GANLoss, VGGPerceptualLoss
 from fastv2v.train.distributed import DistributedContext, check_precision, training_autocast
 from fastv2v.train.loop import process_group, run_distillation

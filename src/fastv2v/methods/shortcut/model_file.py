@@ -16,7 +16,7 @@ from fastv2v.bundle import info_of, load_parts, read_bundle, save_bundle, teache
 from fastv2v.errors import UserError
 from fastv2v.generators import build_generator
 from fastv2v.generators.base import SplitGenerator
-from fastv2v.methods.shortcut import ShortcutBlock
+from fastv2v.methods.shortcut.block import ShortcutBlock
 
 __all__ = ["KIND", "ShortcutModel", "check_teacher", "load_shortcut", "save_shortcut", "teacher_fingerprint"]
 

@@ -18,8 +18,8 @@ import torch
 
 from fastv2v.errors import UserError
 from fastv2v.generators import load_generator, upstream_state_dict
-from fastv2v.methods.shortcut import ShortcutBlock
-from fastv2v.methods.shortcut_model import ShortcutModel
+from fastv2v.methods.shortcut.block import ShortcutBlock
+from fastv2v.methods.shortcut.model_file import ShortcutModel
 
 UNUSED = ("global_deform_conv.offset_conv.weight", "global_deform_conv.offset_conv.bias")
 
