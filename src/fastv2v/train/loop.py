@@ -1,9 +1,9 @@
-"""What every fastv2v trainer shares: the run folder rules, the step loop, the lr schedule.
+"""The steps of a run and the rules around them: the run folder, seeding, the lr schedule.
 
-A trainer (teacher, Shortcut-V2V distiller, ...) builds its models, optimizers and one-step
-function; :func:`run_steps` feeds it this process's chunk of each global batch (see
-:mod:`fastv2v.train.distributed`), sets the learning rate, averages the losses over processes
-for the log, and on rank 0 writes ``log.jsonl``, checkpoints and samples on schedule.
+:func:`run_steps` feeds one process's chunk of each global batch (see
+:mod:`fastv2v.train.distributed`) to a step function, sets the learning rate, averages the
+losses over processes for the log, and on rank 0 writes ``log.jsonl``, checkpoints and samples
+on schedule; :func:`fastv2v.train.trainer.run_training` drives it for every kind of model.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from fastv2v.atomic import atomic_path
+from fastv2v.distributed import DistributedContext
 from fastv2v.errors import UserError
-from fastv2v.train.distributed import DistributedContext, init_distributed
 from fastv2v.train.state import resumable_batches
 
 LOG = "log.jsonl"
@@ -41,19 +41,6 @@ def learning_rate(config: Any, step: int) -> float:
     return config.lr * min(1.0, max(0.0, (config.steps - step) / config.decay_steps))
 
 
-@contextlib.contextmanager
-def process_group(config: Any, ctx: DistributedContext | None = None):
-    """The run's processes: ``ctx`` as given, or the torchrun job joined here (a single process
-    without torchrun) and left when the run ends."""
-    owns = ctx is None
-    ctx = ctx or init_distributed(config.device)
-    try:
-        yield ctx
-    finally:
-        if owns:
-            ctx.shutdown()
-
-
 def open_run(config: Any, ctx: DistributedContext, checkpoint_name: str) -> tuple[Path, Path]:
     """``(run folder, checkpoint path)`` after the checks every run makes first: the device
     exists, the global batch splits over the processes, the folder rules of
@@ -73,21 +60,6 @@ def load_frozen_teacher(config: Any, device: str | torch.device | None = None):
 
     teacher = load_generator(config.teacher, device=device or config.device)
     return teacher.eval().requires_grad_(False)
-
-
-def resume_distillation(checkpoint: Path, trained: dict, optimizers: dict, config: Any, fingerprint: str) -> int:
-    """Load a distillation checkpoint into ``trained`` and ``optimizers``; returns its step.
-    Refuses a checkpoint made with another teacher (its ``teacher_fingerprint``)."""
-    from fastv2v.train.state import load_training_state
-
-    state = load_training_state(checkpoint, trained, optimizers)
-    saved = state.extra.get("teacher_fingerprint")
-    if saved is not None and saved != fingerprint:
-        raise UserError(
-            f"{checkpoint} was trained with a different teacher (fingerprint {saved}, {config.teacher} is "
-            f"{fingerprint}); resume with the same --teacher."
-        )
-    return state.step
 
 
 def check_run_folder(out: Path, checkpoint: Path, resume: bool, ctx: DistributedContext) -> None:
@@ -129,18 +101,19 @@ def run_steps(
     optimizers: Mapping[str, torch.optim.Optimizer],
     train_step: Callable[[Mapping[str, torch.Tensor]], dict[str, float]],
     checkpoint: Callable[[int], None],
-    check_batch: Callable[[Mapping[str, Any]], None] | None = None,
-    sample: Callable[[int], None] | None = None,
-    describe: Callable[[Mapping[str, float]], str] | None = None,
-    desc: str = "train",
-    progress: bool = True,
+    check_batch: Callable[[Mapping[str, Any]], None],
+    sample: Callable[[int], None] | None,
+    describe: Callable[[Mapping[str, float]], str],
+    desc: str,
+    progress: bool,
 ) -> int:
     """Run steps ``step .. end - 1``; returns the step reached.
 
     ``config`` provides ``batch`` (global), ``seed``, ``shuffle``, ``num_workers``, ``steps``,
     ``lr``, ``decay_steps``, ``checkpoint_every`` and ``sample_every``. ``checkpoint(step)``
     runs on rank 0 every ``checkpoint_every`` steps and at ``end``; ``sample(step)`` on rank 0
-    every ``sample_every`` steps and at the run's last step; ``check_batch`` on the first batch.
+    every ``sample_every`` steps and at the run's last step; ``check_batch`` on the first batch;
+    ``describe(losses)`` is the progress bar's text.
     """
     from tqdm.auto import tqdm
 
@@ -150,13 +123,12 @@ def run_steps(
         dataset, config.batch, seed=config.seed, start_step=step, shuffle=config.shuffle,
         num_workers=config.num_workers, rank=ctx.rank, world_size=ctx.world_size,
     )  # fmt: skip
-    describe = describe or (lambda losses: " ".join(f"{k}={v:.3f}" for k, v in losses.items()))
     first = step
     log = open(out / LOG, "a") if ctx.is_main else contextlib.nullcontext()
     with log, tqdm(total=config.steps, initial=step, disable=not progress or not ctx.is_main, desc=desc, unit="step") as bar:
         while step < end:
             batch = next(batches)
-            if step == first and check_batch is not None:
+            if step == first:
                 check_batch(batch)
             for optimizer in optimizers.values():
                 for group in optimizer.param_groups:
@@ -176,68 +148,3 @@ def run_steps(
                 sample(step)
     return step
 
-
-def run_distillation(
-    config: Any,
-    dataset: Iterable[Mapping[str, torch.Tensor]],
-    ctx: DistributedContext,
-    *,
-    checkpoint_name: str,
-    export_name: str,
-    desc: str,
-    build_models: Callable[[Any, Any, torch.device], dict],
-    build_optimizers: Callable[[Any, dict], dict],
-    trained_names: tuple[str, ...],
-    train_step: Callable[[dict, dict, Any, Mapping[str, torch.Tensor], Any], dict[str, float]],
-    check_batch: Callable[[Mapping[str, Any], Any, dict, Any], None],
-    write_sample: Callable[[Path, Any, dict], None] | None,
-    export: Callable[[Path, Any, dict, dict], None],
-    max_steps: int | None,
-    progress: bool,
-) -> Path:
-    """The run every distiller makes around its own models and step: a frozen teacher from
-    ``config.teacher`` (its fingerprint kept in checkpoints, a resume with another teacher
-    refused), models and optimizers built here, ``trained_names`` checkpointed and wrapped for
-    DDP, :func:`run_steps` with ``train_step(step_models, optimizers, teacher, batch, config)``,
-    ``write_sample(path, teacher, models)`` on schedule, and on rank 0 ``export(path, teacher,
-    models, training)`` writing the model file ``out / export_name`` (``training``: config,
-    step, complete), whose path every process returns."""
-    from fastv2v.bundle import teacher_fingerprint
-    from fastv2v.train.state import save_training_state
-
-    out, ckpt = open_run(config, ctx, checkpoint_name)
-    teacher = load_frozen_teacher(config, ctx.device)
-    fingerprint = teacher_fingerprint(teacher)
-
-    seed_everything(config.seed)
-    models = build_models(config, teacher, ctx.device)
-    optimizers = build_optimizers(config, models)
-    trained = {name: models[name] for name in trained_names}  # plain modules: what checkpoints hold
-    step = resume_distillation(ckpt, trained, optimizers, config, fingerprint) if config.resume else 0
-    if ctx.is_main:
-        truncate_log(out / LOG, step)
-    end = config.steps if max_steps is None else min(config.steps, step + max_steps)
-    step_models = {**models, **{name: ctx.wrap(m) for name, m in trained.items()}}  # DDP for the step
-
-    def checkpoint(at: int) -> None:
-        extra = {"config": config.to_dict(), "teacher_fingerprint": fingerprint, "world_size": ctx.world_size}
-        save_training_state(ckpt, at, trained, optimizers, extra)
-
-    def sample(at: int) -> None:
-        write_sample(out / "samples" / f"step_{at:06d}.png", teacher, models)
-
-    if step < end:
-        step = run_steps(
-            ctx, config, dataset, step=step, end=end, out=out, optimizers=optimizers,
-            train_step=lambda batch: train_step(step_models, optimizers, teacher, batch, config),
-            checkpoint=checkpoint, check_batch=lambda batch: check_batch(batch, teacher, models, config),
-            sample=sample if write_sample is not None else None, desc=desc, progress=progress,
-        )  # fmt: skip
-    elif ctx.is_main and not ckpt.is_file():
-        checkpoint(step)
-
-    path = out / export_name
-    if ctx.is_main:
-        export(path, teacher, models, {"config": config.to_dict(), "step": step, "complete": step >= config.steps})
-    ctx.barrier()  # the other processes return once the files are in place
-    return path

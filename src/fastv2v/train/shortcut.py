@@ -16,16 +16,14 @@ through the frozen tail into the block). Losses, with the paper's weights:
   *real*. (The released code's generator-side temporal target is inverted, which trains the
   block away from temporal consistency; this does not copy that.)
 
-Adam (2e-4, 0.5/0.999) for the block and both discriminators. Under ``torchrun`` it trains
-data-parallel like every fastv2v trainer (:mod:`fastv2v.train.distributed`). Checkpoints are atomic and
-resume exactly, as for the teacher (:mod:`fastv2v.train.state`); the run ends by writing one
-self-describing model file (teacher + block + interval, :mod:`fastv2v.methods.shortcut.model_file`).
+Adam (2e-4, 0.5/0.999) for the block and both discriminators. :class:`ShortcutRecipe` is what the
+one driver (:func:`fastv2v.train.trainer.run_training`) needs for it: data-parallel under
+``torchrun``, atomic checkpoints that resume exactly; the run ends by writing one self-describing
+model file (teacher + block + interval, :mod:`fastv2v.methods.shortcut.model_file`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -39,16 +37,20 @@ from fastv2v.generators.base import SplitGenerator
 from fastv2v.generators.discriminators import NLayerDiscriminator
 from fastv2v.methods.shortcut.block import ShortcutBlock
 from fastv2v.methods.shortcut.model_file import ShortcutModel, save_shortcut
+from fastv2v.train.config import DistillationConfig
+from fastv2v.train.distill import DistillationRecipe
+from fastv2v.train.distributed import TrainingContext, training_autocast
 from fastv2v.train.losses import GANLoss, VGGPerceptualLoss
-from fastv2v.train.distributed import DistributedContext, check_precision, training_autocast
-from fastv2v.train.loop import process_group, run_distillation
+from fastv2v.train.recipe import Batch, Models, Optimizers, adam_optimizers, eval_mode
+from fastv2v.train.samples import save_grid
+from fastv2v.train.trainer import run_training
 
-CHECKPOINT = "checkpoint.pt"
 EXPORT = "shortcut.safetensors"
+TRAINED = ("block", "D", "D_T")
 
 
 @dataclass
-class ShortcutTrainingConfig:
+class ShortcutTrainingConfig(DistillationConfig):
     """Everything that defines a distillation run (stored in the checkpoint and the model file).
 
     ``teacher``: the teacher's model file. ``hidden`` None: half the feature channels (the
@@ -101,27 +103,10 @@ class ShortcutTrainingConfig:
     def gaps(self) -> tuple[int, int]:
         return 1, (max(1, self.interval - 1) if self.max_gap is None else self.max_gap)
 
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["teacher"] = str(self.teacher)
-        out["out_dir"] = str(self.out_dir)
-        out["vgg_weights"] = None if self.vgg_weights is None else str(self.vgg_weights)
-        return json.loads(json.dumps(out))
-
     def validate(self) -> None:
-        if int(self.interval) != self.interval or self.interval < 1:
-            raise UserError(f"the key-frame interval must be a whole number >= 1, not {self.interval}.")
+        super().validate()
         if self.max_gap is not None and self.max_gap < 1:
             raise UserError(f"max_gap must be at least 1 frame, not {self.max_gap}.")
-        for name in ("batch", "steps"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be at least 1, not {getattr(self, name)}.")
-        for name in ("checkpoint_every", "sample_every", "decay_steps"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{name} must be 0 (off) or positive, not {getattr(self, name)}.")
-        if not self.teacher:
-            raise UserError("no teacher given; pass the teacher's model file with --teacher.")
-        check_precision(self.precision)
 
 
 class TemporalPatchDiscriminator(nn.Module):
@@ -174,11 +159,9 @@ def build_models(
     return {k: m.to(device).train() for k, m in models.items()}
 
 
-TRAINED = ("block", "D", "D_T")
-
-
 def build_optimizers(config: ShortcutTrainingConfig, models: Mapping[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
-    return {name: torch.optim.Adam(models[name].parameters(), lr=config.lr, betas=tuple(config.betas)) for name in TRAINED}
+    """Adam for the block and both discriminators."""
+    return adam_optimizers(config, models, TRAINED)
 
 
 @torch.no_grad()
@@ -253,24 +236,23 @@ def distill_step(
 def calibrate_reuse_below(teacher: SplitGenerator, block: ShortcutBlock, pairs: Iterable[Mapping[str, torch.Tensor]]) -> dict:
     """The head-feature drift below which showing the key frame's output beats the block.
 
-    On each pair: the drift (:func:`~fastv2v.methods.adaptive.drift_score`), the block's output
+    On each pair: the drift (:func:`~fastv2v.methods.schedules.drift_score`), the block's output
     error and the key frame output's error against the teacher. The threshold minimises the
     total error of "key output below it, block above it"; 0 (never reuse) when the block wins
     anyway. Computed on training pairs, never on held-out data. Returns ``reuse_below``, the
     number of pairs and the error of each choice (MSE on [-1, 1]).
     """
-    from fastv2v.methods.adaptive import drift_score
+    from fastv2v.methods.schedules import drift_score
 
-    was_training = block.training
-    block.eval()
     rows = []
-    for item in pairs:
-        ref, x = (item[k].float().unsqueeze(0) if item[k].dim() == 3 else item[k].float() for k in ("ref_input", "input"))
-        t = teacher_targets(teacher, ref, x)
-        y_hat = teacher.tail(block(t["a_t"], t["a_ref"], t["f_ref"])[0])
-        rows.append((drift_score(t["a_t"], t["a_ref"]), float(F.mse_loss(y_hat, t["y_t"])),
-                     float(F.mse_loss(t["y_ref"], t["y_t"]))))  # fmt: skip
-    block.train(was_training)
+    with eval_mode(block):
+        for item in pairs:
+            ref, x = (item[k].float().unsqueeze(0) if item[k].dim() == 3 else item[k].float()
+                      for k in ("ref_input", "input"))  # fmt: skip
+            t = teacher_targets(teacher, ref, x)
+            y_hat = teacher.tail(block(t["a_t"], t["a_ref"], t["f_ref"])[0])
+            rows.append((drift_score(t["a_t"], t["a_ref"]), float(F.mse_loss(y_hat, t["y_t"])),
+                         float(F.mse_loss(t["y_ref"], t["y_t"]))))  # fmt: skip
     rows.sort()
     block_only = sum(r[1] for r in rows)
     best, threshold, below = block_only, 0.0, 0.0
@@ -299,7 +281,7 @@ def distill_shortcut(
     sample_batch: Mapping[str, torch.Tensor] | list[Mapping[str, torch.Tensor]] | None = None,
     progress: bool = True,
     max_steps: int | None = None,
-    ctx: DistributedContext | None = None,
+    ctx: TrainingContext | None = None,
 ) -> Path:
     """Train (or with ``config.resume`` continue) a Shortcut block; returns the model file.
 
@@ -311,77 +293,56 @@ def distill_shortcut(
     ``torchrun`` (``ctx``, default :func:`~fastv2v.train.distributed.init_distributed`) it trains
     data-parallel on chunks of the global batch; rank 0 writes the files.
     """
-    config.validate()
-    sample = _collate(sample_batch)
+    return run_training(
+        config, dataset, lambda ctx: ShortcutRecipe(config, ctx.device, dataset), sample_batch=sample_batch,
+        progress=progress, max_steps=max_steps, ctx=ctx,
+    )  # fmt: skip
 
-    def write_sample(path: Path, teacher: SplitGenerator, models: dict) -> None:
-        write_samples(path, teacher, models["block"], sample)
 
-    def export(path: Path, teacher: SplitGenerator, models: dict, training: dict) -> None:
+class ShortcutRecipe(DistillationRecipe):
+    """A Shortcut-V2V block distilled from the frozen teacher; the exported file's reuse gate is
+    calibrated on pairs of ``dataset`` (the training data)."""
+
+    desc = "shortcut"
+    export_name = EXPORT
+    trained = TRAINED
+
+    def __init__(self, config: ShortcutTrainingConfig, device: str | torch.device, dataset: Any):
+        super().__init__(config, device)
+        self.dataset = dataset
+
+    def build_models(self, device: torch.device) -> dict[str, nn.Module]:
+        return build_models(self.config, self.teacher, device)
+
+    def train_step(self, models: Models, optimizers: Optimizers, batch: Batch) -> dict[str, float]:
+        return distill_step(models, optimizers, self.teacher, batch, self.config)
+
+    def check_batch(self, batch: Batch, models: Models) -> None:
+        super().check_batch(batch, models)
+        h, w = batch["input"].shape[2:]
+        stride = 4  # head features at H/2 must have even sides for the block's half-resolution alignment
+        if h % stride or w % stride:
+            raise UserError(f"the training frames are {h}x{w}; Shortcut-V2V needs sides that are multiples of {stride}.")
+
+    def write_sample(self, path: Path, models: Models, sample: Batch) -> None:
+        write_samples(path, self.teacher, models["block"], sample)
+
+    def export(self, path: Path, models: Models, training: dict[str, Any]) -> None:
         block = models["block"]
-        gate = calibrate_reuse_below(teacher, block, calibration_pairs(dataset, config.calibration_pairs))
+        pairs = calibration_pairs(self.dataset, self.config.calibration_pairs)
+        gate = calibrate_reuse_below(self.teacher, block, pairs)
         info = {"training": training, "reuse_below": gate["reuse_below"], "reuse_calibration": gate}
-        was_training = block.training
-        save_shortcut(path, ShortcutModel(teacher, block.eval(), config.interval, info))
-        block.train(was_training)
-
-    with process_group(config, ctx) as ctx:
-        return run_distillation(
-            config, dataset, ctx, checkpoint_name=CHECKPOINT, export_name=EXPORT, desc="shortcut",
-            build_models=build_models, build_optimizers=build_optimizers, trained_names=TRAINED, train_step=distill_step,
-            check_batch=lambda batch, teacher, models, config: _check_batch(batch, teacher, config),
-            write_sample=write_sample if sample is not None else None, export=export, max_steps=max_steps,
-            progress=progress,
-        )  # fmt: skip
-
-
-def _check_batch(batch: Mapping[str, Any], teacher: SplitGenerator, config: ShortcutTrainingConfig) -> None:
-    """A dataset / teacher mismatch as a sentence, not a conv error."""
-    if not isinstance(batch, Mapping) or "input" not in batch or "ref_input" not in batch:
-        raise UserError("distillation samples must be dicts with 'ref_input' and 'input' frame pairs (pair_gap set).")
-    x = batch["input"]
-    if x.dim() != 4 or x.shape[1] != teacher.input_nc:
-        raise UserError(
-            f"the data gives {tuple(x.shape[1:])} inputs but the teacher takes {teacher.input_nc} channels; "
-            "distil with data of the teacher's task."
-        )
-    h, w = x.shape[2:]
-    if config.size is not None and (h, w) != tuple(config.size):
-        raise UserError(f"the data is {h}x{w} but the run is configured for {config.size[0]}x{config.size[1]}.")
-    teacher.check_size(h, w, "the training data")
-    stride = 4  # head features at H/2 must have even sides for the block's half-resolution alignment
-    if h % stride or w % stride:
-        raise UserError(f"the training frames are {h}x{w}; Shortcut-V2V needs sides that are multiples of {stride}.")
-
-
-def _collate(sample: Any) -> dict[str, torch.Tensor] | None:
-    if sample is None:
-        return None
-    if not isinstance(sample, Mapping):
-        sample = torch.utils.data.default_collate(list(sample))
-    return {k: sample[k] if sample[k].dim() == 4 else sample[k].unsqueeze(0) for k in ("ref_input", "input")}
+        with eval_mode(block):
+            save_shortcut(path, ShortcutModel(self.teacher, block, self.config.interval, info))
 
 
 @torch.no_grad()
 def write_samples(path: str | Path, teacher: SplitGenerator, block: ShortcutBlock, sample: Mapping[str, torch.Tensor]) -> None:
     """PNG, one row per pair: reference output (what ``repeat`` shows) | teacher | shortcut."""
-    from torchvision.utils import save_image
-
-    from fastv2v.atomic import atomic_path
-
     device = next(block.parameters()).device
     ref = sample["ref_input"].to(device=device, dtype=torch.float32)
     x = sample["input"].to(device=device, dtype=torch.float32)
     t = teacher_targets(teacher, ref, x)
-    was_training = block.training
-    block.eval()
-    try:
+    with eval_mode(block):
         y_hat = teacher.tail(block(t["a_t"], t["a_ref"], t["f_ref"])[0])
-    finally:
-        block.train(was_training)
-    rows = torch.stack([t["y_ref"], t["y_t"], y_hat], dim=1).flatten(0, 1)
-    grid = ((rows.clamp(-1, 1) + 1) / 2).cpu()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_image(grid, str(tmp), nrow=3, padding=2, format="png")
+    save_grid(path, [(y.clamp(-1, 1) + 1) / 2 for y in (t["y_ref"], t["y_t"], y_hat)])

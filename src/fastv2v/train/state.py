@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from fastv2v.atomic import atomic_path
+from fastv2v.distributed import local_batch_size
 from fastv2v.errors import UserError
 
 FORMAT = "fastv2v-training-state-1"
@@ -214,8 +215,6 @@ def resumable_batches(
     sample index rather than on a worker's running RNG.
     """
     from torch.utils.data import DataLoader, IterableDataset, default_collate
-
-    from fastv2v.train.distributed import local_batch_size
 
     local = local_batch_size(batch_size, world_size)
     if not 0 <= rank < world_size:

@@ -29,17 +29,15 @@ on the full-resolution frame gives the targets: its output ``O_t`` and its body 
   (FlowNet2); this warp form is the same constraint with the non-differentiable DIS flow held
   fixed.
 
-Adam (2e-4, 0.5/0.999) for student + mapping and for the discriminator. Under ``torchrun`` it
-trains data-parallel like every fastv2v trainer (:mod:`fastv2v.train.distributed`, the shared
-step loop :func:`fastv2v.train.loop.run_steps`). Checkpoints are atomic and resume exactly
-(:mod:`fastv2v.train.state`); the run ends by writing one self-describing model file (teacher +
-student + the ``fast`` method's default interval, :mod:`fastv2v.methods.student_model`).
+Adam (2e-4, 0.5/0.999) for student + mapping and for the discriminator. :class:`StudentRecipe`
+is what the one driver (:func:`fastv2v.train.trainer.run_training`) needs for it: data-parallel
+under ``torchrun``, atomic checkpoints that resume exactly; the run ends by writing one
+self-describing model file (teacher + student + the ``fast`` method's default interval,
+:mod:`fastv2v.methods.student_model`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -60,16 +58,20 @@ from fastv2v.generators.student import (
     student_from_teacher,
 )
 from fastv2v.methods.student_model import StudentModel, save_student
-from fastv2v.train.distributed import DistributedContext, check_precision, training_autocast
+from fastv2v.train.config import DistillationConfig
+from fastv2v.train.distill import DistillationRecipe
+from fastv2v.train.distributed import TrainingContext, training_autocast
 from fastv2v.train.losses import GANLoss, VGGPerceptualLoss
-from fastv2v.train.loop import process_group, run_distillation
+from fastv2v.train.recipe import Batch, Models, Optimizers, adam_optimizers, eval_mode
+from fastv2v.train.samples import save_grid
+from fastv2v.train.trainer import run_training
 
-CHECKPOINT = "checkpoint.pt"
 EXPORT = "student.safetensors"
+TRAINED = ("G", "D")
 
 
 @dataclass
-class StudentTrainingConfig:
+class StudentTrainingConfig(DistillationConfig):
     """Everything that defines a student distillation run (stored in the checkpoint and the file).
 
     ``body``/``width``/``expansion``/``blocks``/``activation``: the student
@@ -125,35 +127,19 @@ class StudentTrainingConfig:
         ``temporal`` gaps 1..max_gap (default 3)."""
         return (1, self.max_gap or 3) if self.temporal else 1
 
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["teacher"] = str(self.teacher)
-        out["out_dir"] = str(self.out_dir)
-        out["vgg_weights"] = None if self.vgg_weights is None else str(self.vgg_weights)
-        out["init"] = None if self.init is None else str(self.init)
-        return json.loads(json.dumps(out))
-
     def validate(self) -> None:
         from fastv2v.flow import DIS_PRESETS
 
-        if not self.teacher:
-            raise UserError("no teacher given; pass the teacher's model file with --teacher.")
-        check_precision(self.precision)
+        super().validate()
         if self.body not in BODIES:
             raise UserError(f"unknown student body {self.body!r}; use one of {', '.join(BODIES)}.")
-        if int(self.interval) != self.interval or self.interval < 1:
-            raise UserError(f"the key-frame interval must be a whole number >= 1, not {self.interval}.")
-        for name in ("batch", "steps", "expansion"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be at least 1, not {getattr(self, name)}.")
+        if self.expansion < 1:
+            raise UserError(f"expansion must be at least 1, not {self.expansion}.")
         for name in ("width", "max_gap"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, not {getattr(self, name)}.")
         if self.blocks is not None and self.blocks < 0:
             raise UserError(f"blocks must be 0 or more, not {self.blocks}.")
-        for name in ("checkpoint_every", "sample_every", "decay_steps"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{name} must be 0 (off) or positive, not {getattr(self, name)}.")
         if self.motion_weight < 0:
             raise UserError(f"motion_weight must be 0 (plain L1) or positive, not {self.motion_weight}.")
         if self.flow_preset not in DIS_PRESETS:
@@ -216,11 +202,9 @@ def build_models(
     return {k: m.to(device).train() for k, m in models.items()}
 
 
-TRAINED = ("G", "D")
-
-
 def build_optimizers(config: StudentTrainingConfig, models: Mapping[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
-    return {name: torch.optim.Adam(models[name].parameters(), lr=config.lr, betas=tuple(config.betas)) for name in TRAINED}
+    """Adam for student + mapping and for the discriminator."""
+    return adam_optimizers(config, models, TRAINED)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,7 +340,7 @@ def distill_student(
     sample_batch: Mapping[str, torch.Tensor] | list[Mapping[str, torch.Tensor]] | None = None,
     progress: bool = True,
     max_steps: int | None = None,
-    ctx: DistributedContext | None = None,
+    ctx: TrainingContext | None = None,
 ) -> Path:
     """Train (or with ``config.resume`` continue) a spatial student; returns the model file.
 
@@ -368,52 +352,36 @@ def distill_student(
     ``torchrun`` (``ctx``, default :func:`~fastv2v.train.distributed.init_distributed`) it trains
     data-parallel on chunks of the global batch; rank 0 writes the files.
     """
-    config.validate()
-    sample = _collate(sample_batch)
-
-    def write_sample(path: Path, teacher: SplitGenerator, models: dict) -> None:
-        write_samples(path, teacher, models["G"].student, sample, config)
-
-    def export(path: Path, teacher: SplitGenerator, models: dict, training: dict) -> None:
-        student = models["G"].student
-        was_training = student.training
-        save_student(path, StudentModel(teacher, student.eval(), config.interval, {"training": training}))
-        student.train(was_training)
-
-    with process_group(config, ctx) as ctx:
-        return run_distillation(
-            config, dataset, ctx, checkpoint_name=CHECKPOINT, export_name=EXPORT, desc="student",
-            build_models=build_models, build_optimizers=build_optimizers, trained_names=TRAINED, train_step=distill_step,
-            check_batch=lambda batch, teacher, models, config: _check_batch(batch, teacher, models["G"].student, config),
-            write_sample=write_sample if sample is not None else None, export=export, max_steps=max_steps,
-            progress=progress,
-        )  # fmt: skip
+    return run_training(
+        config, dataset, lambda ctx: StudentRecipe(config, ctx.device), sample_batch=sample_batch,
+        progress=progress, max_steps=max_steps, ctx=ctx,
+    )  # fmt: skip
 
 
-def _check_batch(batch: Mapping[str, Any], teacher: SplitGenerator, student: SpatialStudent,
-                 config: StudentTrainingConfig) -> None:  # fmt: skip
-    """A dataset / teacher mismatch as a sentence, not a conv error."""
-    if not isinstance(batch, Mapping) or "input" not in batch or "ref_input" not in batch:
-        raise UserError("distillation samples must be dicts with 'ref_input' and 'input' frame pairs (pair_gap set).")
-    x = batch["input"]
-    if x.dim() != 4 or x.shape[1] != teacher.input_nc:
-        raise UserError(
-            f"the data gives {tuple(x.shape[1:])} inputs but the teacher takes {teacher.input_nc} channels; "
-            "distil with data of the teacher's task."
-        )
-    h, w = x.shape[2:]
-    if config.size is not None and (h, w) != tuple(config.size):
-        raise UserError(f"the data is {h}x{w} but the run is configured for {config.size[0]}x{config.size[1]}.")
-    teacher.check_size(h, w, "the training data")
-    student.check_size(h, w, "the training data")
+class StudentRecipe(DistillationRecipe):
+    """A spatial student (with its feature mapping) distilled from the frozen teacher."""
 
+    desc = "student"
+    export_name = EXPORT
+    trained = TRAINED
 
-def _collate(sample: Any) -> dict[str, torch.Tensor] | None:
-    if sample is None:
-        return None
-    if not isinstance(sample, Mapping):
-        sample = torch.utils.data.default_collate(list(sample))
-    return {k: sample[k] if sample[k].dim() == 4 else sample[k].unsqueeze(0) for k in ("ref_input", "input")}
+    def build_models(self, device: torch.device) -> dict[str, nn.Module]:
+        return build_models(self.config, self.teacher, device)
+
+    def train_step(self, models: Models, optimizers: Optimizers, batch: Batch) -> dict[str, float]:
+        return distill_step(models, optimizers, self.teacher, batch, self.config)
+
+    def check_batch(self, batch: Batch, models: Models) -> None:
+        super().check_batch(batch, models)
+        h, w = batch["input"].shape[2:]
+        models["G"].student.check_size(h, w, "the training data")
+
+    def write_sample(self, path: Path, models: Models, sample: Batch) -> None:
+        write_samples(path, self.teacher, models["G"].student, sample, self.config)
+
+    def export(self, path: Path, models: Models, training: dict[str, Any]) -> None:
+        with eval_mode(models["G"].student) as student:
+            save_student(path, StudentModel(self.teacher, student, self.config.interval, {"training": training}))
 
 
 @torch.no_grad()
@@ -421,27 +389,13 @@ def write_samples(path: str | Path, teacher: SplitGenerator, student: SpatialStu
                   sample: Mapping[str, torch.Tensor], config: StudentTrainingConfig) -> None:  # fmt: skip
     """PNG, one row per pair: teacher | student | motion weights of the output L1 (white: the
     largest weight of the row)."""
-    from torchvision.utils import save_image
-
-    from fastv2v.atomic import atomic_path
-
     device = next(student.parameters()).device
     ref = sample["ref_input"].to(device=device, dtype=torch.float32)
     x = sample["input"].to(device=device, dtype=torch.float32)
     y_t = teacher_targets(teacher, x)["y"]
-    was_training = student.training
-    student.eval()
-    try:
+    with eval_mode(student):
         y_s = student(x)
-    finally:
-        student.train(was_training)
     weight = motion_weights(x, ref, teacher.label_nc, max(config.motion_weight, 1.0), config.flow_preset)
     weight = weight / weight.amax(dim=(2, 3), keepdim=True)
-    shown = (weight * 2 - 1).expand(-1, y_t.shape[1], -1, -1) if y_t.shape[1] in (1, 3) else None
-    columns = [y_t, y_s] + ([shown] if shown is not None else [])
-    rows = torch.stack(columns, dim=1).flatten(0, 1)
-    grid = ((rows.clamp(-1, 1) + 1) / 2).cpu()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_image(grid, str(tmp), nrow=len(columns), padding=2, format="png")
+    columns = [y_t, y_s] + ([weight * 2 - 1] if y_t.shape[1] in (1, 3) else [])  # grey next to grey or RGB
+    save_grid(path, [(c.clamp(-1, 1) + 1) / 2 for c in columns])

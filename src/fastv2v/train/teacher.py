@@ -9,21 +9,17 @@ pair; G's loss is GAN + ``lambda_feat`` * feature matching + ``lambda_l1`` * L1
 (+ ``lambda_vgg`` * VGG); G steps, then D steps. With DiffAugment one random augmentation is
 drawn per step and applied to the real and both fake pairs, input and image alike.
 
-Exact resume: the checkpoint holds G, D, both Adam states, the step, every RNG state and the
-DiffAugment generator; data order is a function of (seed, step) (see
-:func:`fastv2v.train.state.resumable_batches`). Stopping at step N and resuming gives the same
-weights, bit for bit, as never stopping (on the CPU; cuDNN kernels are not deterministic).
-
-Several processes: launched by ``torchrun`` the same code trains data-parallel (DDP, see
-:mod:`fastv2v.train.distributed`): ``batch`` stays the global batch, each process takes its
+:class:`TeacherRecipe` is what the one driver (:func:`fastv2v.train.trainer.run_training`) needs
+for it. Exact resume: the checkpoint holds G, D, both Adam states, the step, every RNG state and
+the DiffAugment generator; stopping at step N and resuming gives the same weights, bit for bit,
+as never stopping (on the CPU). Launched by ``torchrun`` the same code trains data-parallel
+(DDP, :mod:`fastv2v.train.distributed`): ``batch`` stays the global batch, each process takes its
 chunk of it, gradients are averaged, so N processes follow the single-process run to float
 rounding and a checkpoint resumes on any number of processes. Only rank 0 writes files.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -33,22 +29,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastv2v.atomic import atomic_path
 from fastv2v.errors import UserError
 from fastv2v.generators import SplitGenerator, build_generator, save_generator
 from fastv2v.generators.discriminators import MultiscaleDiscriminator, init_weights
+from fastv2v.train.config import TrainingConfig
 from fastv2v.train.diffaugment import DiffAugment
-from fastv2v.train.distributed import DistributedContext, check_precision, training_autocast
+from fastv2v.train.distributed import TrainingContext, training_autocast
 from fastv2v.train.losses import GANLoss, VGGPerceptualLoss, feature_matching_loss
-from fastv2v.train.loop import LOG, open_run, process_group, run_steps, seed_everything, truncate_log
-from fastv2v.train.state import load_training_state, save_training_state
+from fastv2v.train.recipe import Batch, Models, Optimizers, Recipe, adam_optimizers, eval_mode
+from fastv2v.train.samples import save_grid
+from fastv2v.train.trainer import run_training
 
-CHECKPOINT = "checkpoint.pt"
 EXPORT = "generator.safetensors"
+TRAINED = ("G", "D")
 
 
 @dataclass
-class TeacherTrainingConfig:
+class TeacherTrainingConfig(TrainingConfig):
     """Everything that defines a teacher training run (stored in the checkpoint and the export).
 
     Loss weights default to pix2pixHD's recipe with L1 standing in for its VGG term when no
@@ -96,23 +93,10 @@ class TeacherTrainingConfig:
     device: str = "cpu"
     precision: str = "fp32"
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready copy (paths as strings, tuples as lists)."""
-        out = dataclasses.asdict(self)
-        out["out_dir"] = str(self.out_dir)
-        out["vgg_weights"] = None if self.vgg_weights is None else str(self.vgg_weights)
-        return json.loads(json.dumps(out))
-
     def validate(self) -> None:
-        for name in ("batch", "steps"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be at least 1, not {getattr(self, name)}.")
-        for name in ("checkpoint_every", "sample_every", "decay_steps"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{name} must be 0 (off) or positive, not {getattr(self, name)}.")
+        super().validate()
         GANLoss(self.gan_mode)
         DiffAugment(self.diffaugment)
-        check_precision(self.precision)
 
 
 def build_teacher_models(config: TeacherTrainingConfig, device: str | torch.device | None = None) -> dict[str, nn.Module]:
@@ -133,10 +117,7 @@ def build_teacher_models(config: TeacherTrainingConfig, device: str | torch.devi
 
 def build_optimizers(config: TeacherTrainingConfig, models: Mapping[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
     """Adam for G and for D with the configured learning rate and betas."""
-    return {
-        name: torch.optim.Adam(models[name].parameters(), lr=config.lr, betas=tuple(config.betas))
-        for name in ("G", "D")
-    }
+    return adam_optimizers(config, models, TRAINED)
 
 
 def train_step(
@@ -146,7 +127,7 @@ def train_step(
     config: TeacherTrainingConfig,
     *,
     generator: torch.Generator | None = None,
-    ctx: DistributedContext | None = None,
+    ctx: TrainingContext | None = None,
 ) -> dict[str, float]:
     """One D and one G update on ``batch``; returns the loss terms as floats.
 
@@ -211,7 +192,7 @@ def train_teacher(
     sample_batch: Mapping[str, torch.Tensor] | list[Mapping[str, torch.Tensor]] | None = None,
     progress: bool = True,
     max_steps: int | None = None,
-    ctx: DistributedContext | None = None,
+    ctx: TrainingContext | None = None,
 ) -> Path:
     """Train (or, with ``config.resume``, continue) a teacher; returns the exported generator.
 
@@ -227,98 +208,70 @@ def train_teacher(
     process trains on its chunk of each global batch, rank 0 writes every file (logging the
     losses averaged over processes), every process loads the checkpoint when resuming.
     """
-    config.validate()
-    with process_group(config, ctx) as ctx:
-        return _train(config, dataset, ctx, sample_batch=sample_batch, progress=progress, max_steps=max_steps)
+    return run_training(
+        config, dataset, lambda ctx: TeacherRecipe(config, ctx), sample_batch=sample_batch, progress=progress,
+        max_steps=max_steps, ctx=ctx,
+    )  # fmt: skip
 
 
-def _train(config, dataset, ctx: DistributedContext, *, sample_batch, progress, max_steps) -> Path:
-    out, ckpt = open_run(config, ctx, CHECKPOINT)
+class TeacherRecipe(Recipe):
+    """A generator trained from scratch against its discriminator on (input, target) pairs.
+    ``ctx`` lets DiffAugment draw for the global batch and keep this process's chunk; its
+    generator is checkpointed so that a resumed run draws the same augmentations."""
 
-    seed_everything(config.seed)
-    models = build_teacher_models(config, device=ctx.device)
-    g: SplitGenerator = models["G"]  # type: ignore[assignment]
-    optimizers = build_optimizers(config, models)
-    aug_rng = torch.Generator().manual_seed(config.seed + 1)
-    trained = {"G": models["G"], "D": models["D"]}  # plain modules: what checkpoints hold
-    step = 0
-    if config.resume:
-        # every process loads it (to the CPU: RNG states must stay there; load_state_dict copies)
-        step = load_training_state(ckpt, trained, optimizers, generators={"diffaugment": aug_rng}).step
-    if ctx.is_main:
-        truncate_log(out / LOG, step)
-    end = config.steps if max_steps is None else min(config.steps, step + max_steps)
-    sample = _collate_sample(sample_batch)
-    step_models = {**models, **{name: ctx.wrap(m) for name, m in trained.items()}}  # DDP for the step
+    desc = "teacher"
+    export_name = EXPORT
+    trained = TRAINED
+    sample_keys = ("input", "target")
 
-    def checkpoint(at: int) -> None:
-        extra = {"config": config.to_dict(), "world_size": ctx.world_size}
-        save_training_state(ckpt, at, trained, optimizers, extra, generators={"diffaugment": aug_rng})
+    def __init__(self, config: TeacherTrainingConfig, ctx: TrainingContext):
+        super().__init__(config)
+        self.ctx = ctx
+        self.augment_rng = torch.Generator().manual_seed(config.seed + 1)
 
-    def write_sample(at: int) -> None:
-        write_sample_grid(out / "samples" / f"step_{at:06d}.png", g, sample)
+    def build_models(self, device: torch.device) -> dict[str, nn.Module]:
+        return build_teacher_models(self.config, device)
 
-    if step < end:
-        step = run_steps(
-            ctx, config, dataset, step=step, end=end, out=out, optimizers=optimizers,
-            train_step=lambda batch: train_step(step_models, optimizers, batch, config, generator=aug_rng, ctx=ctx),
-            checkpoint=checkpoint, check_batch=lambda batch: _check_batch(batch, g, config),
-            sample=write_sample if sample is not None else None, describe=_format_losses, desc="teacher",
-            progress=progress,
-        )  # fmt: skip
-    elif ctx.is_main and not ckpt.is_file():
-        checkpoint(step)
+    def train_step(self, models: Models, optimizers: Optimizers, batch: Batch) -> dict[str, float]:
+        return train_step(models, optimizers, batch, self.config, generator=self.augment_rng, ctx=self.ctx)
 
-    export = out / EXPORT
-    if ctx.is_main:
-        training = {"config": config.to_dict(), "step": step, "complete": step >= config.steps}
-        save_generator(export, g, training=training)
-    ctx.barrier()  # the other processes return once the files are in place
-    return export
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"diffaugment": self.augment_rng}
 
+    def describe(self, losses: Mapping[str, float]) -> str:
+        names = {"G_GAN": "G", "G_feat": "feat", "G_L1": "L1", "G_VGG": "vgg", "D_real": "Dr", "D_fake": "Df"}
+        return " ".join(f"{names.get(k, k)}={v:.3f}" for k, v in losses.items())
 
-def _format_losses(losses: Mapping[str, float]) -> str:
-    names = {"G_GAN": "G", "G_feat": "feat", "G_L1": "L1", "G_VGG": "vgg", "D_real": "Dr", "D_fake": "Df"}
-    return " ".join(f"{names.get(k, k)}={v:.3f}" for k, v in losses.items())
+    def check_batch(self, batch: Batch, models: Models) -> None:
+        """Catch a dataset / generator mismatch on the first batch with a sentence, not a conv error."""
+        g: SplitGenerator = models["G"]  # type: ignore[assignment]
+        if not isinstance(batch, Mapping) or "input" not in batch or "target" not in batch:
+            raise UserError("training samples must be dicts with 'input' and 'target' tensors; adapt the dataset.")
+        x, y = batch["input"], batch["target"]
+        if x.dim() != 4 or y.dim() != 4:
+            raise UserError(
+                f"training samples must be CxHxW tensors, got input {tuple(x.shape[1:])} and target {tuple(y.shape[1:])}."
+            )
+        if x.shape[1] != g.input_nc:
+            raise UserError(
+                f"the data gives {x.shape[1]}-channel inputs but the generator takes {g.input_nc}; "
+                "set label_nc (label maps) or input_nc (images) in the generator config to match."
+            )
+        if y.shape[1] != g.output_nc:
+            raise UserError(
+                f"the data gives {y.shape[1]}-channel targets but the generator outputs {g.output_nc}; set output_nc."
+            )
+        if x.shape[2:] != y.shape[2:]:
+            raise UserError(f"inputs are {tuple(x.shape[2:])} but targets {tuple(y.shape[2:])}; pairs must have one size.")
+        h, w = x.shape[2:]
+        self.check_frame_size(h, w)
+        g.check_size(h, w, "the training data")
 
+    def write_sample(self, path: Path, models: Models, sample: Batch) -> None:
+        write_sample_grid(path, models["G"], sample)  # type: ignore[arg-type]
 
-def _check_batch(batch: Mapping[str, Any], g: SplitGenerator, config: TeacherTrainingConfig) -> None:
-    """Catch a dataset / generator mismatch on the first batch with a sentence, not a conv error."""
-    if not isinstance(batch, Mapping) or "input" not in batch or "target" not in batch:
-        raise UserError("training samples must be dicts with 'input' and 'target' tensors; adapt the dataset.")
-    x, y = batch["input"], batch["target"]
-    if x.dim() != 4 or y.dim() != 4:
-        raise UserError(
-            f"training samples must be CxHxW tensors, got input {tuple(x.shape[1:])} and target {tuple(y.shape[1:])}."
-        )
-    if x.shape[1] != g.input_nc:
-        raise UserError(
-            f"the data gives {x.shape[1]}-channel inputs but the generator takes {g.input_nc}; "
-            "set label_nc (label maps) or input_nc (images) in the generator config to match."
-        )
-    if y.shape[1] != g.output_nc:
-        raise UserError(
-            f"the data gives {y.shape[1]}-channel targets but the generator outputs {g.output_nc}; set output_nc."
-        )
-    if x.shape[2:] != y.shape[2:]:
-        raise UserError(f"inputs are {tuple(x.shape[2:])} but targets {tuple(y.shape[2:])}; pairs must have one size.")
-    h, w = x.shape[2:]
-    if config.size is not None and (h, w) != tuple(config.size):
-        raise UserError(
-            f"the data is {h}x{w} but the run is configured for {config.size[0]}x{config.size[1]}; make them agree."
-        )
-    g.check_size(h, w, "the training data")
-
-
-def _collate_sample(sample: Any) -> dict[str, torch.Tensor] | None:
-    if sample is None:
-        return None
-    if not isinstance(sample, Mapping):
-        sample = torch.utils.data.default_collate(list(sample))
-    x, y = sample["input"], sample["target"]
-    if x.dim() == 3:
-        x, y = x.unsqueeze(0), y.unsqueeze(0)
-    return {"input": x, "target": y}
+    def export(self, path: Path, models: Models, training: dict[str, Any]) -> None:
+        save_generator(path, models["G"], training=training)
 
 
 def label_palette(n: int) -> torch.Tensor:
@@ -350,21 +303,9 @@ def visualize_input(x: torch.Tensor, label_nc: int = 0) -> torch.Tensor:
 def write_sample_grid(path: str | Path, g: SplitGenerator, sample: Mapping[str, torch.Tensor]) -> None:
     """PNG with one row per sample: input | output | target. G runs in eval mode (no dropout,
     so writing samples draws no random numbers and leaves training unchanged)."""
-    from torchvision.utils import save_image
-
     device = next(g.parameters()).device
     x = sample["input"].to(device=device, dtype=torch.float32)
     y = sample["target"].to(device=device, dtype=torch.float32)
-    was_training = g.training
-    g.eval()
-    try:
+    with eval_mode(g):
         fake = g(x)
-    finally:
-        g.train(was_training)
-    rows = [visualize_input(x, g.label_nc), (fake.clamp(-1, 1) + 1) / 2, (y.clamp(-1, 1) + 1) / 2]
-    rows = [r if r.shape[1] == 3 else r.expand(-1, 3, -1, -1) for r in rows]
-    grid = torch.stack(rows, dim=1).flatten(0, 1).cpu()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_image(grid, str(tmp), nrow=3, padding=2, format="png")
+    save_grid(path, [visualize_input(x, g.label_nc), (fake.clamp(-1, 1) + 1) / 2, (y.clamp(-1, 1) + 1) / 2])
