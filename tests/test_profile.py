@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastv2v.metrics.profile import Profile, format_macs, profile
+from fastv2v.metrics.profile import Profile, count_parameters, format_gmacs, format_macs, profile
 
 META = torch.device("meta")
 
@@ -133,6 +133,54 @@ def test_format_macs():
     assert format_macs(1_500_000) == "1.50 M"
     assert format_macs(12) == "12"
     assert isinstance(Profile(1, 2, 3), Profile) and Profile(1, 2, 3).params_m == 1e-6
+
+
+def test_format_gmacs():
+    """As the papers print G-MACs: at most two decimals, trailing zeros dropped."""
+    assert format_gmacs(56_799_264_768) == "56.8 G"
+    assert format_gmacs(49_551_507_456) == "49.55 G"
+    assert format_gmacs(3_623_878_656) == "3.62 G"
+    assert format_gmacs(5_300_000_000) == "5.3 G"
+    assert format_gmacs(100 * 10**9) == "100 G"
+    assert format_gmacs(2.5e9) == "2.5 G"  # a float (e.g. MACs per frame) works too
+    assert format_gmacs(4_000_000) == "0 G" and format_gmacs(0) == "0 G"
+
+
+def test_count_parameters_counts_shared_modules_once():
+    a, b = nn.Linear(4, 3), nn.Conv2d(2, 5, 3)  # 15 and 95 parameters
+    assert count_parameters() == 0
+    assert count_parameters(a) == 15 and count_parameters(a, b) == 110
+    assert count_parameters(a, a, nn.Sequential(a, b)) == 110  # shared: once each
+
+    tied = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False))
+    tied[1].weight = tied[0].weight
+    assert count_parameters(tied) == 9
+
+    class Holder:  # not a module: the modules it holds directly, nothing else
+        def __init__(self):
+            self.teacher, self.student = a, b
+            self.alias = a
+            self.tensor = torch.zeros(1000)
+            self.hidden = [nn.Linear(10, 10)]  # inside a list: not looked into
+
+    holder = Holder()
+    assert count_parameters(holder) == 110
+    assert count_parameters(holder, a, Holder()) == 110
+    assert count_parameters(object(), "text", None) == 0
+
+    class Counted:  # counts itself: taken as is
+        teacher = a
+
+        def parameter_count(self):
+            return 7
+
+    class CountedModule(nn.Linear):
+        def parameter_count(self):
+            return 1
+
+    assert count_parameters(Counted()) == 7
+    assert count_parameters(Counted(), a) == 22  # no sharing is seen through parameter_count()
+    assert count_parameters(CountedModule(4, 4)) == 1
 
 
 def test_counts_inside_inference_mode():

@@ -54,7 +54,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["Profile", "profile", "format_macs"]
+__all__ = ["Profile", "count_parameters", "format_gmacs", "format_macs", "profile"]
 
 _UNITS = (("T", 10**12), ("G", 10**9), ("M", 10**6), ("K", 10**3))
 
@@ -70,6 +70,48 @@ def format_macs(n: int | float, unit: str | None = None) -> str:
     if unit not in scales:
         raise ValueError(f"unknown unit {unit!r}; use one of T, G, M, K or ''")
     return f"{n / scales[unit]:.2f} {unit}"
+
+
+def format_gmacs(macs: int | float) -> str:
+    """G-MACs with at most two decimals, as the papers print them: ``56_799_264_768`` ->
+    ``"56.8 G"``, ``49_551_507_456`` -> ``"49.55 G"``, ``3 * 10**9`` -> ``"3 G"`` (trailing zeros
+    dropped; always G, so a tiny model reads ``"0 G"``). :func:`format_macs` keeps two decimals
+    and can pick the unit."""
+    return f"{macs / 1e9:.2f}".rstrip("0").rstrip(".") + " G"
+
+
+def count_parameters(*objects: Any) -> int:
+    """Parameters of ``objects`` together, each parameter counted once even when modules (or
+    tied weights) are shared between them.
+
+    Per object: one with a ``parameter_count()`` method (e.g. an online method that counts only
+    the modules it runs) contributes what that returns, added as is (no sharing is seen through
+    it); an ``nn.Module`` its parameters; any other object the ``nn.Module`` attributes it holds
+    directly (``vars(obj)``; modules inside lists or dicts are not looked into).
+    """
+    seen: set[int] = set()
+    total = 0
+    for obj in objects:
+        count = getattr(obj, "parameter_count", None)
+        if callable(count):
+            total += int(count())
+            continue
+        if isinstance(obj, nn.Module):
+            modules = [obj]
+        else:
+            modules = [v for v in getattr(obj, "__dict__", {}).values() if isinstance(v, nn.Module)]
+        total += _count_unseen(modules, seen)
+    return total
+
+
+def _count_unseen(modules: list[nn.Module], seen: set[int]) -> int:
+    total = 0
+    for module in modules:
+        for p in module.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+    return total
 
 
 @dataclass
@@ -328,7 +370,7 @@ def profile(model: Callable[..., Any], *inputs: Any, **kwargs: Any) -> Profile:
             "its forward probably depends on tensor values: pass real input tensors instead"
         ) from exc
 
-    params = sum(p.numel() for p in model.parameters()) if is_module else 0
+    params = _count_unseen([model], set()) if is_module else 0
     by_op = {k: (v[0], v[1]) for k, v in counter.by_op.items()}
     return Profile(
         params=int(params),
