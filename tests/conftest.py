@@ -107,23 +107,26 @@ def make_image_folder(tmp_path):
 
 def assert_videos_do_not_mix(method, video_a, video_b) -> None:
     """Each video's outputs are the same whether it runs alone or interleaved frame by frame with
-    another one through the same method: the per-video state really is per video."""
+    another one through the same method (push/flush): the per-video state really is per video."""
     import torch
 
     def alone(frames):
         state, out = method.init_state(), []
         for x in frames:
-            y, state, _ = method.step(x, state)
-            out.append(y)
-        return out
+            ready, state = method.push(x, state)
+            out += ready
+        return out + method.flush(state)
 
     with torch.no_grad():
         alone_a, alone_b = alone(video_a), alone(video_b)
         sa, sb, mixed_a, mixed_b = method.init_state(), method.init_state(), [], []
         for xa, xb in zip(video_a, video_b):
-            ya, sa, _ = method.step(xa, sa)
-            yb, sb, _ = method.step(xb, sb)
-            mixed_a.append(ya)
-            mixed_b.append(yb)
-    assert all(torch.equal(p, q) for p, q in zip(alone_a, mixed_a))
-    assert all(torch.equal(p, q) for p, q in zip(alone_b, mixed_b))
+            ready, sa = method.push(xa, sa)
+            mixed_a += ready
+            ready, sb = method.push(xb, sb)
+            mixed_b += ready
+        mixed_a += method.flush(sa)
+        mixed_b += method.flush(sb)
+    assert len(alone_a) == len(video_a) and len(alone_b) == len(video_b)
+    assert all(torch.equal(p, q) and k == l for (p, k), (q, l) in zip(alone_a, mixed_a))
+    assert all(torch.equal(p, q) and k == l for (p, k), (q, l) in zip(alone_b, mixed_b))

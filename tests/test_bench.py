@@ -140,7 +140,7 @@ class _NeedsBundle(OnlineMethod):
     model_kind = "bundle-for-test"
 
     @classmethod
-    def from_model(cls, path, *, interval, device):
+    def from_model(cls, model, **settings):
         raise AssertionError("never reached for a plain teacher file")
 
 
@@ -166,7 +166,7 @@ def test_registry_protocol_skip_and_buffered(monkeypatch, scenes_teacher):
     report = run_bench(scenes_teacher, "scenes", methods="needs-bundle,buffered", size=(32, 32), frames=4,
                        intervals=[2], e2e=False)  # fmt: skip
     (skip,) = report["skipped"]
-    assert skip["method"] == "needs-bundle" and "'bundle-for-test' model file" in skip["reason"]
+    assert skip["method"] == "needs-bundle" and "needs a trained bundle-for-test model file" in skip["reason"]
     teacher, buffered = report["results"]
     assert buffered["method"] == "buffered" and buffered["interval"] is None and buffered["keyframes"] == 4
     assert buffered["macs_total"] == teacher["macs_total"]  # the same work, counted through push/flush

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from fastv2v.cli import main
-from fastv2v.demo import run_demo
+from fastv2v.demo import recommend, run_demo
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +17,12 @@ def demo(tmp_path_factory):
 
 def test_demo_writes_videos_and_report(demo):
     results = json.loads((demo / "demo.json").read_text())["results"]
-    assert "| scenes |" in (demo / "report.md").read_text()
+    page = (demo / "report.md").read_text()
+    assert "## scenes" in page and "**recommended**" in page
     for r in results:
         assert (demo / r["video"]).stat().st_size > 0 and r["frames"] == 4
+        assert r["recommended"] in r["rows"]  # one of the headline pipelines, with its measurements
+        assert {"shortcut@3", "fast@4", "interp@2"} <= {row["pipeline"] for row in r["rows"]}
 
 
 def test_profile_prints_published_figures(capsys):
@@ -43,7 +46,7 @@ def test_demo_writes_the_benchmark_report_next_to_videos(demo):
         folder = demo / task
         report = json.loads((folder / "bench.json").read_text())
         assert [r["method"] for r in report["results"]][0] == "teacher"
-        assert {"repeat", "reuse"} <= {r["method"] for r in report["results"]}
+        assert {"shortcut", "fast", "interp", "repeat"} <= {r["method"] for r in report["results"]}
         assert (folder / "bench.md").exists() and (folder / "pareto.png").exists()
 
 
@@ -52,3 +55,15 @@ def test_profile_method_reports_non_key_ratio(capsys):
                  "--hidden", "8"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "shortcut non-key frame:" in out and "x paper" in out and "key frame: teacher +" in out
+
+
+def test_recommend_is_the_fastest_within_a_db_of_the_best():
+    rows = [
+        {"method": "teacher", "psnr_vs_teacher": None, "e2e_speedup_vs_teacher": 1.0, "speedup_vs_teacher": 1.0},
+        {"method": "best", "psnr_vs_teacher": 30.0, "e2e_speedup_vs_teacher": 2.0, "speedup_vs_teacher": 3.0},
+        {"method": "close", "psnr_vs_teacher": 29.2, "e2e_speedup_vs_teacher": 3.0, "speedup_vs_teacher": 2.0},
+        {"method": "far", "psnr_vs_teacher": 28.9, "e2e_speedup_vs_teacher": 9.0, "speedup_vs_teacher": 9.0},
+        {"method": "no-e2e", "psnr_vs_teacher": 29.9, "e2e_speedup_vs_teacher": None, "speedup_vs_teacher": 2.5},
+    ]
+    assert recommend(rows)["method"] == "close"
+    assert recommend(rows[:1]) is None

@@ -91,12 +91,31 @@ def test_odd_feature_sizes_and_tiny_maps():
 
 
 def test_banded_paths(monkeypatch):
-    """Row bands (made for big maps) at tiny sizes: several conv bands, GEMM bands of a few rows."""
+    """Row bands (made for big maps) at tiny sizes: several conv bands, GEMM bands of k = 7 and
+    of 10 padded rows (the last one shorter)."""
     monkeypatch.setattr(fast_parts, "_CONV_BAND_MIN", 0)
     monkeypatch.setattr(fast_parts, "_CONV_BAND_BYTES", 3 * 24 * 4 * 8)  # 3 output rows of 24 x 8 channels
-    monkeypatch.setattr(fast_parts, "_GEMM_BAND_BYTES", (1, 1))  # minimal bands: k rows
-    for norm in ("instance", "batch", "none"):
-        check(make(norm, "reflect", 8), torch.rand(1, 3, 20, 24) * 2 - 1)
+    for band_bytes in (1, 4 * 147 * 30 * 10):  # minimal bands: k rows; 10 rows (147 GEMM rows, width 30)
+        monkeypatch.setattr(fast_parts, "_GEMM_BAND_BYTES", (band_bytes, band_bytes))
+        for norm in ("instance", "batch", "none"):
+            check(make(norm, "reflect", 8), torch.rand(1, 3, 20, 24) * 2 - 1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_serial_work_in_small_chunks(monkeypatch, threads):
+    """The work cut into chunks that torch runs serially (statistics, the padded input, the last
+    conv's sums and copies), with chunk sizes made tiny so that every loop runs many times; with
+    1 thread the chunks are larger (every op is serial then)."""
+    monkeypatch.setattr(fast_parts, "_SERIAL", 20)
+    monkeypatch.setattr(fast_parts, "_ONE_THREAD_OP", 30)
+    old, set_threads = torch.get_num_threads(), torch.set_num_threads
+    set_threads(threads)
+    try:
+        for norm in ("instance", "batch", "none"):
+            check(make(norm, "reflect", 8), torch.rand(1, 3, 20, 24) * 2 - 1)
+        check(make("instance", "zero", 6), torch.rand(2, 3, 17, 23) * 2 - 1)
+    finally:
+        set_threads(old)
 
 
 def test_final_conv_variants_and_channels_last():
@@ -113,28 +132,32 @@ def test_final_conv_variants_and_channels_last():
 
 
 def test_multi_stage_tail_and_other_pads():
-    """A tail with two upsampling stages and a replicate / zero final pad (not upstream layouts)."""
+    """A tail with two upsampling stages, a replicate / zero final pad, a final conv without bias
+    or Tanh (not upstream layouts)."""
 
     class Toy(nn.Module):
-        def __init__(self, pad):
+        def __init__(self, pad, bias=True, tanh=True):
             super().__init__()
             norm = nn.InstanceNorm2d
             self.tail = nn.Sequential(
                 norm(16), nn.ReLU(True),
                 nn.ConvTranspose2d(16, 8, 3, 2, 1, 1), norm(8), nn.ReLU(True),
                 nn.ConvTranspose2d(8, 4, 3, 2, 1, 1), norm(4), nn.ReLU(True),
-                pad, nn.Conv2d(4, 2, 5), nn.Tanh(),
+                pad, nn.Conv2d(4, 2, 5, bias=bias), *([nn.Tanh()] if tanh else []),
             )  # fmt: skip
 
     torch.manual_seed(0)
     f = torch.randn(1, 16, 6, 7)
-    for pad in (nn.ReflectionPad2d(2), nn.ReplicationPad2d(2), nn.ZeroPad2d(2), nn.ConstantPad2d(2, 0.5)):
-        toy = Toy(pad).eval()
+    pads = (nn.ReflectionPad2d(2), nn.ReplicationPad2d(2), nn.ZeroPad2d(2), nn.ConstantPad2d(2, 0.5))
+    toys = [Toy(pad) for pad in pads]
+    toys.append(Toy(nn.ReflectionPad2d(2), bias=False, tanh=False))
+    for toy in toys:
+        toy.eval()
         for final in ("auto", "onednn"):
             tail = fast_tail(toy, final=final, min_elements=0)
             assert tail.unsupported is None and tail.use_gemm == (final == "auto")
             with torch.no_grad():
-                assert close(tail(f), toy.tail(f)), (pad, final)
+                assert close(tail(f), toy.tail(f)), (toy.tail[9], final)
 
 
 def test_inference_mode_and_batch():
@@ -228,17 +251,34 @@ def test_statistics_exact_on_hard_data():
     ok(merged)
 
 
-def test_threads_restored():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_thread_settings_never_changed(monkeypatch, threads):
+    """A call must not touch process-wide thread settings (other Python threads may be running
+    torch): the setters raise, and the counts are the same afterwards."""
     g = make("instance", "reflect", 4)
-    head = fast_head(g, min_elements=0)
-    old = torch.get_num_threads()
+    head, tail = fast_head(g, min_elements=0), fast_tail(g, min_elements=0)
+    x = torch.rand(1, 3, 24, 32) * 2 - 1
+    old, set_threads = torch.get_num_threads(), torch.set_num_threads
+    set_threads(threads)
     try:
-        torch.set_num_threads(2)
+        interop = torch.get_num_interop_threads()
+
+        def forbidden(*args, **kwargs):
+            raise AssertionError("a fast part changed a process-wide thread setting")
+
+        for mod in (torch, torch._C):
+            for name in ("set_num_threads", "set_num_interop_threads"):
+                monkeypatch.setattr(mod, name, forbidden)
         with torch.no_grad():
-            head(torch.rand(1, 3, 16, 16))
-        assert torch.get_num_threads() == 2
+            assert head.why_plain(x) is None
+            a = head(x)
+            f = g.body(a)
+            assert tail.why_plain(f) is None
+            y = tail(f)
+            assert torch.get_num_threads() == threads and torch.get_num_interop_threads() == interop
+            assert close(a, g.head(x)) and close(y, g.tail(f))
     finally:
-        torch.set_num_threads(old)
+        set_threads(old)  # the saved original: the patched one would raise
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -64,21 +64,22 @@ torch.set_num_threads(1)
 from fastv2v.engine.many import translate_many
 from fastv2v.generators import load_generator
 from fastv2v.methods.base import Teacher
+from fastv2v.pipeline import Pipeline
 
 class KilledDuringSecondVideo(Teacher):
     videos = calls = 0
     def init_state(self):
         self.videos, self.calls = self.videos + 1, 0
         return super().init_state()
-    def __call__(self, x, state):
+    def push(self, x, state):
         self.calls += 1
         if self.videos == 2 and self.calls == 55:
             time.sleep(0.5)  # let the writer thread put the first frames in the temporary file
             os.kill(os.getpid(), signal.SIGKILL)
-        return super().__call__(x, state)
+        return super().push(x, state)
 
 g = load_generator(sys.argv[1])
-translate_many(g, sys.argv[2], sys.argv[3], runner=KilledDuringSecondVideo(g), progress=False)
+translate_many(Pipeline(g, KilledDuringSecondVideo(g)), sys.argv[2], sys.argv[3], progress=False)
 """
 
 

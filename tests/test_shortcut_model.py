@@ -9,7 +9,7 @@ import fastv2v
 from fastv2v import UserError
 from fastv2v.cli import main
 from fastv2v.generators import ResnetGenerator, save_generator
-from fastv2v.methods.base import run_online
+from fastv2v.engine.loop import drive
 from fastv2v.methods.shortcut import ShortcutBlock, ShortcutMethod
 from fastv2v.methods.shortcut.official import import_official, infer_block_config
 from fastv2v.methods.shortcut.model_file import ShortcutModel, load_shortcut, save_shortcut, teacher_fingerprint
@@ -17,6 +17,11 @@ from fastv2v.methods.shortcut.model_file import ShortcutModel, load_shortcut, sa
 from test_shortcut_block import official_forward, randomise
 
 C, HID = 16, 8  # ngf 8 teacher -> 16 feature channels
+
+def run_online(method, xs):
+    """Raw outputs and key flags of a method over model-input tensors, through the one loop."""
+    return [(o.y, o.key) for o in drive(method, xs)]
+
 
 
 def make_teacher(seed=0, ngf=8):
@@ -64,7 +69,7 @@ def test_bundle_round_trip_is_exact_and_compact(bundle_file):
 
 
 def test_method_from_model_key_frames_are_the_teacher(bundle_file):
-    method = ShortcutMethod.from_model(bundle_file)
+    method = ShortcutMethod.from_model(fastv2v.load_model(bundle_file))
     teacher = make_teacher()
     xs = clip(5, 1)
     with torch.no_grad():
@@ -73,7 +78,7 @@ def test_method_from_model_key_frames_are_the_teacher(bundle_file):
         for x, (y, key) in zip(xs, out):
             if key:
                 assert torch.equal(y, teacher(x))
-    assert ShortcutMethod.from_model(bundle_file, interval=4).interval == 4
+    assert ShortcutMethod.from_model(fastv2v.load_model(bundle_file), interval=4).interval == 4
 
 
 def test_wrong_teacher_is_refused(bundle_file):

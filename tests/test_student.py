@@ -17,10 +17,15 @@ from fastv2v.generators.student import (
     feature_mapping,
     student_from_teacher,
 )
-from fastv2v.methods.base import run_online
+from fastv2v.engine.loop import drive
 from fastv2v.methods.student import Fast, Spatial
 from fastv2v.methods.student_model import StudentModel, load_student, save_student
 from fastv2v.metrics.profile import profile
+
+def run_online(method, xs):
+    """Raw outputs and key flags of a method over model-input tensors, through the one loop."""
+    return [(o.y, o.key) for o in drive(method, xs)]
+
 
 
 @pytest.fixture(autouse=True)
@@ -169,8 +174,9 @@ def test_bundle_round_trip_and_teacher_checks(bundle_file, tmp_path):
 def test_spatial_and_fast_run_the_student(bundle_file):
     model = load_student(bundle_file)
     xs = clip(5, 3)
-    spatial, fast = Spatial.from_model(bundle_file), Fast.from_model(bundle_file)
-    assert fast.interval == 2 and Fast.from_model(bundle_file, interval=3).keyframes.spec == "fixed:3"
+    model = fastv2v.load_model(bundle_file)
+    spatial, fast = Spatial.from_model(model), Fast.from_model(model)
+    assert fast.interval == 2 and Fast.from_model(model, interval=3).keyframes.spec == "fixed:3"
     with torch.no_grad():
         expected = [model.student(x) for x in xs]
         out = list(run_online(spatial, xs))
@@ -331,7 +337,7 @@ def test_translate_with_a_student_file(bundle_file, frames_dir, tmp_path, capsys
     assert "different teacher" in capsys.readouterr().err
     assert main(["translate", str(frames_dir), str(out), "--model", str(bundle_file), "--method", "spatial",
                  "--keyframes", "peaks"]) == 2  # fmt: skip
-    assert "takes no --interval or --keyframes" in capsys.readouterr().err
+    assert "--keyframes does not apply to --method spatial (it takes --kernels only)" in capsys.readouterr().err
     assert main(["translate", str(frames_dir), str(out), "--model", str(other), "--method", "fast"]) == 2
     assert "needs a trained student model file" in capsys.readouterr().err
     assert not out.exists()

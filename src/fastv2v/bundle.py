@@ -2,8 +2,11 @@
 self-describing ``.safetensors`` (a Shortcut-V2V block, a Fast-Vid2Vid student).
 
 Tensors are ``teacher.<key>`` and ``<part>.<key>``; the metadata is ``{"kind": ..., "generator":
-<teacher config>, "<part>": <part config>, "interval": N, "teacher_fingerprint": ...}`` plus
-where it came from. The teacher rides along so ``fastv2v translate --model`` and ``fastv2v
+<teacher config>, "<part>": <part config>, "interval": N, "method": {"name": ..., <settings>},
+"teacher_fingerprint": ...}`` plus where it came from. ``interval`` is the key-frame interval the
+part was trained for; ``method`` is the method the file runs by default with every setting it
+takes (one serialised config, read back by :func:`method_settings` and applied by
+:mod:`fastv2v.pipeline`, so no setting is lost between writing and reading). The teacher rides along so ``fastv2v translate --model`` and ``fastv2v
 bench`` need nothing else, and so key frames are the very teacher the part was distilled from.
 Teacher tensors that are exactly representable in float16 (a teacher shipped in float16) are
 stored in float16: the same values, half the bytes; the part is stored in float32.
@@ -25,7 +28,7 @@ from torch import nn
 from fastv2v.checkpoint import load_model_file, save_model
 from fastv2v.errors import UserError
 
-RESERVED = ("kind", "generator", "interval", "teacher_fingerprint")
+RESERVED = ("kind", "generator", "interval", "method", "teacher_fingerprint")
 
 
 def teacher_fingerprint(teacher: nn.Module) -> str:
@@ -49,14 +52,16 @@ def compact(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def save_bundle(
-    path: str | os.PathLike, kind: str, teacher: nn.Module, part_name: str, part: nn.Module, interval: int, info: dict
+    path: str | os.PathLike, kind: str, teacher: nn.Module, part_name: str, part: nn.Module, interval: int,
+    method: dict, info: dict,
 ) -> None:
-    """Write teacher + part atomically, with the metadata that rebuilds both."""
+    """Write teacher + part atomically, with the metadata that rebuilds both and the method
+    settings (``method``: ``{"name": ..., **settings}``)."""
     tensors = {f"teacher.{k}": compact(v) for k, v in teacher.state_dict().items()}
     tensors.update({f"{part_name}.{k}": v.detach().float().cpu() for k, v in part.state_dict().items()})
     config = {
         "kind": kind, "generator": teacher.config, part_name: part.config, "interval": int(interval),
-        "teacher_fingerprint": teacher_fingerprint(teacher), **info,
+        "method": dict(method), "teacher_fingerprint": teacher_fingerprint(teacher), **info,
     }  # fmt: skip
     save_model(path, tensors, config)
 
@@ -85,6 +90,15 @@ def load_parts(path: str | os.PathLike, tensors: dict[str, torch.Tensor], module
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise UserError(f"{path} is damaged: its {name} weights do not fit its own config ({first}).") from None
+
+
+def method_settings(config: dict, default: dict) -> dict[str, Any]:
+    """The stored method settings; files written before they were stored in one place keep the
+    interval and the reuse gate at the top level, which ``default`` (the kind's defaults) fills."""
+    if isinstance(config.get("method"), dict):
+        return {**default, **config["method"]}
+    legacy = {k: config[k] for k in ("interval", "reuse_below") if k in config and k in default}
+    return {**default, **legacy}
 
 
 def info_of(config: dict, part_name: str) -> dict[str, Any]:

@@ -40,6 +40,12 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_kernels_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kernels", default=None, choices=["torch", "fast"], help="shortcut, spatial, fast: torch (the "
+                   "default: PyTorch's own modules) or fast (opt-in hand-written CPU kernels for the head and tail, "
+                   "equal to float rounding; no effect off the CPU)")  # fmt: skip
+
+
 def _interval(text: str) -> int | str:
     """``--interval``: a whole number >= 1, or ``auto``."""
     if text == "auto":
@@ -55,17 +61,18 @@ def _interval(text: str) -> int | str:
 
 def cmd_translate(args: argparse.Namespace) -> int:
     from fastv2v.engine.translate import translate
-    from fastv2v.models import load_model
+    from fastv2v.pipeline import Pipeline
 
     _check_translate_paths(args)
-    config = {} if args.label_nc is None else {"label_nc": args.label_nc}
-    model = load_model(args.model, arch=args.arch, **config)
-    generator, runner = _online_method(args, model)
+    pipeline = Pipeline.from_file(
+        args.model, args.method, arch=args.arch, label_nc=args.label_nc, teacher=args.teacher, interval=args.interval,
+        max_interval=args.max_interval, keyframes=args.keyframes, threshold=args.threshold, kernels=args.kernels,
+    )  # fmt: skip
     if args.input_list is not None:
-        return _translate_many(args, generator, runner)
+        return _translate_many(args, pipeline)
     report = translate(
-        generator, args.input, args.output, runner=runner, device=args.device, dtype=args.dtype, batch=args.batch,
-        size=args.size, resize_mode=args.resize, progress=not args.quiet,
+        pipeline, args.input, args.output, device=args.device, dtype=args.dtype, batch=args.batch, size=args.size,
+        resize_mode=args.resize, progress=not args.quiet,
     )  # fmt: skip
     print(report.summary())
     if report.frames_lost:
@@ -90,13 +97,13 @@ def _check_translate_paths(args: argparse.Namespace) -> None:
         raise UserError("--input-list needs --out-dir DIR, the folder the translated videos go to.")
 
 
-def _translate_many(args: argparse.Namespace, generator, runner) -> int:
+def _translate_many(args: argparse.Namespace, pipeline) -> int:
+    from fastv2v.distributed import is_main_process
     from fastv2v.engine.many import translate_many
-    from fastv2v.train.distributed import is_main_process
 
     report = translate_many(
-        generator, args.input_list, args.out_dir, runner=runner, device=args.device, dtype=args.dtype,
-        batch=args.batch, size=args.size, resize_mode=args.resize, progress=not args.quiet,
+        pipeline, args.input_list, args.out_dir, device=args.device, dtype=args.dtype, batch=args.batch,
+        size=args.size, resize_mode=args.resize, progress=not args.quiet,
     )  # fmt: skip
     failed = len(report.failed)
     if is_main_process():
@@ -105,55 +112,6 @@ def _translate_many(args: argparse.Namespace, generator, runner) -> int:
             print(f"fastv2v: error: {failed} of {len(report.items)} videos failed (reasons above); fix them and run "
                   "the same command again: complete outputs are skipped.", file=sys.stderr)  # fmt: skip
     return 1 if failed else 0
-
-
-def _online_method(args: argparse.Namespace, model):
-    """``(teacher generator, method)`` for ``--method`` on the loaded model (method None: the
-    teacher itself). A Shortcut-V2V model file runs ``shortcut`` unless told otherwise."""
-    import fastv2v.methods  # noqa: F401  (registers every method)
-    from fastv2v.methods.base import METHODS
-    from fastv2v.methods.shortcut.model_file import ShortcutModel, check_teacher
-    from fastv2v.methods.student_model import StudentModel
-    from fastv2v.methods.student_model import check_teacher as check_student_teacher
-
-    bundle = model if isinstance(model, (ShortcutModel, StudentModel)) else None
-    generator = bundle.teacher if bundle else model
-    if bundle and args.teacher:
-        from fastv2v.generators import load_generator
-
-        check = check_student_teacher if isinstance(bundle, StudentModel) else check_teacher
-        check(bundle, load_generator(args.teacher), args.model)
-    default = {"shortcut": "shortcut", "student": "fast"}.get(bundle.kind) if bundle else "teacher"
-    name = args.method or default
-    if name not in METHODS:
-        raise UserError(f"unknown --method {name!r}; use one of {', '.join(sorted(METHODS))}.")
-    if args.interval == "auto" and name not in ("shortcut", "shortcut_auto"):
-        raise UserError(f"--interval auto is for --method shortcut; give --method {name} a whole-number interval.")
-    cls = METHODS[name]
-    if cls.model_kind is not None:
-        if bundle is None or cls.model_kind != bundle.kind:
-            raise UserError(f"--method {name} needs a trained {cls.model_kind} model file (made by `fastv2v distill "
-                            f"{cls.model_kind}`), not the generator {args.model}; pass that file with --model.")  # fmt: skip
-        if cls.model_kind == "student":  # spatial, fast (Fast-Vid2Vid)
-            return generator, cls.from_bundle(bundle, args.interval, getattr(args, "keyframes", None))
-        interval = bundle.interval if args.interval is None else args.interval
-        if interval == "auto" or name == "shortcut_auto":
-            from fastv2v.methods.adaptive import AdaptiveInterval
-
-            target = bundle.interval if interval == "auto" else interval
-            schedule = AdaptiveInterval(target, args.max_interval)
-            return generator, METHODS["shortcut"](generator, block=bundle.block, schedule=schedule)
-        return generator, cls(generator, interval, block=bundle.block)
-    if name == "teacher":
-        return generator, None
-    if name == "sparse":
-        return generator, cls(generator, max_interval=args.interval or 8, threshold=args.threshold)
-    keyframes = getattr(args, "keyframes", None)
-    if getattr(cls, "buffered", False):  # interpolation between key frames (interp, minterpolate)
-        return generator, cls(generator, args.interval or 4, keyframes=keyframes)
-    if keyframes is not None:
-        raise UserError(f"--keyframes is for the interpolating methods (interp, minterpolate, fast), not --method {name}.")
-    return generator, cls(generator, args.interval or 3)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -185,23 +143,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def _profile_method(args: argparse.Namespace, generator, x, teacher) -> None:
     """A method's non-key frame (and key-frame extra) against the teacher's frame."""
-    import torch
+    from fastv2v.metrics.profile import count_parameters, profile
+    from fastv2v.pipeline import Pipeline
 
-    import fastv2v.methods  # noqa: F401  (registers every method)
-    from fastv2v.methods.base import METHODS
-    from fastv2v.metrics.profile import profile
-
-    if args.method not in METHODS:
-        raise UserError(f"unknown --method {args.method!r}; use one of {', '.join(sorted(METHODS))}.")
-    kwargs = {"hidden": args.hidden} if args.method == "shortcut" else {}
-    method = METHODS[args.method](generator, **kwargs)
+    settings = {"hidden": args.hidden} if args.method == "shortcut" else {}
+    method = Pipeline.untrained(generator, args.method, **settings).method
     path = method.non_key_path()
     if path is None:
         raise UserError(f"method {args.method!r} has no separate non-key frame to profile.")
     nonkey = profile(path, x)
-    block = sum(p.numel() for m in vars(method).values() if isinstance(m, torch.nn.Module) and m is not generator
-                for p in m.parameters())  # fmt: skip
-    print(f"{args.method}: {block / 1e6:.3f} M parameters of its own")
+    own = count_parameters(method) - count_parameters(generator)
+    print(f"{args.method}: {own / 1e6:.3f} M parameters of its own")
     if nonkey.macs_exact == 0:  # e.g. interpolation: its work is outside torch (optical flow, FFmpeg)
         uncounted = getattr(method, "uncounted", "") or "its work"
         print(f"{args.method} non-key frame: 0 MACs counted ({uncounted}: not torch ops)")
@@ -224,7 +176,7 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     import torch
 
     from fastv2v.tasks import generator_config, training_pairs
-    from fastv2v.train.distributed import is_main_process
+    from fastv2v.distributed import is_main_process
     from fastv2v.train.teacher import TeacherTrainingConfig, train_teacher
 
     if args.threads:
@@ -265,7 +217,7 @@ def _run_distillation(args: argparse.Namespace, config, distill) -> int:
     """Frame pairs of the task (``config.gaps`` apart), four held-out samples, the run; rank 0
     reports the model file."""
     from fastv2v.tasks import training_pairs
-    from fastv2v.train.distributed import is_main_process
+    from fastv2v.distributed import is_main_process
 
     config.validate()
     h, w = args.size
@@ -337,12 +289,11 @@ def _add_distillation_options(p: argparse.ArgumentParser, export: str) -> None:
 
 
 def cmd_import_shortcut(args: argparse.Namespace) -> int:
-    from fastv2v.methods.shortcut.official import import_official
-    from fastv2v.methods.shortcut.model_file import save_shortcut
+    from fastv2v.models import import_official_shortcut, save_shortcut
 
     if not str(args.output).endswith(".safetensors"):
         raise UserError(f"{args.output}: fastv2v model files are .safetensors; name the output model.safetensors.")
-    model = import_official(args.teacher, args.shortcut, interval=args.interval, arch=args.arch)
+    model = import_official_shortcut(args.teacher, args.shortcut, interval=args.interval, arch=args.arch)
     save_shortcut(args.output, model)
     b = model.block.config
     print(f"wrote {args.output}: teacher {model.teacher.config['arch']} ngf {model.teacher.config['ngf']}, "
@@ -367,7 +318,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.model, args.input, methods=args.methods, intervals=args.intervals, dtype=args.dtype, size=args.size,
         frames=args.frames, device=args.device, threads=args.threads, e2e=not args.no_e2e, repeats=args.repeats,
         progress=not args.quiet, fid_weights=args.fid_weights, lpips_weights=args.lpips_weights,
-        lpips_backbone=args.lpips_backbone,
+        lpips_backbone=args.lpips_backbone, kernels=args.kernels,
     )  # fmt: skip
     report["command"] = _bench_command(args)
     paths = write_report(report, args.out)
@@ -388,6 +339,7 @@ def _bench_command(args: argparse.Namespace) -> str:
         parts += ["--frames", str(args.frames)]
     parts += ["--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
     parts += ["--repeats", str(args.repeats)] if args.repeats != 1 else []
+    parts += ["--kernels", args.kernels] if args.kernels else []
     parts += (["--no-e2e"] if args.no_e2e else []) + ["--out", str(args.out)]
     return " ".join(shlex.quote(p) for p in parts)
 
@@ -395,7 +347,7 @@ def _bench_command(args: argparse.Namespace) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from fastv2v.demo import run_demo
 
-    run_demo(Path(args.out), progress=not args.quiet)
+    run_demo(Path(args.out), progress=not args.quiet, full=args.full)
     return 0
 
 
@@ -410,9 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastv2v {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="translate a built-in clip and write a side-by-side video and a report")
+    p = sub.add_parser("demo", help="benchmark the headline pipelines on built-in clips (minutes); writes a "
+                       "side-by-side video (input | teacher | recommended) and a report")  # fmt: skip
     p.add_argument("--out", default="fastv2v-demo", help="output folder (default ./fastv2v-demo)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--full", action="store_true", help="benchmark every method at intervals 2, 3, 4 (long)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("translate", help="translate a video, image folder or image with a model")
@@ -435,11 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "longer than this (default: twice the average)")  # fmt: skip
     p.add_argument("--teacher", default=None, help="with a Shortcut-V2V or student model file: check that it was "
                    "distilled from this teacher")  # fmt: skip
-    p.add_argument("--threshold", type=float, default=0.0, help="sparse: input change below this (in [-1, 1] "
+    p.add_argument("--threshold", type=float, default=None, help="sparse: input change below this (in [-1, 1] "
                    "units) counts as unchanged (default 0: exact change tracking)")  # fmt: skip
     p.add_argument("--keyframes", default=None, metavar="SPEC", help="interp/minterpolate/fast (interpolate between "
                    "key-frame outputs; adds up to one key gap of latency): fixed:N (default fixed:--interval, 4), "
                    "peaks (key frames at peaks of input change, Fast-Vid2Vid; peaks:window=5,min=2,max=12) or auto")  # fmt: skip
+    _add_kernels_option(p)
     p.set_defaults(func=cmd_translate)
 
     prepare = sub.add_parser("prepare", help="preprocess raw videos into model inputs").add_subparsers(
@@ -574,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips-backbone", default=None, help="local torchvision AlexNet weights for LPIPS")
     p.add_argument("--out", required=True, help="folder for bench.json, bench.md and pareto.png")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_kernels_option(p)
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -49,3 +49,18 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu", a
 
         return load_student(path, device=device)
     raise UserError(f"{path} holds a {kind!r} model, which this version of fastv2v cannot run; upgrade fastv2v.")
+
+
+def import_official_shortcut(teacher: str | os.PathLike, shortcut: str | os.PathLike, **kwargs: Any):
+    """A teacher and block trained with the official Shortcut-V2V code as one fastv2v bundle
+    (:func:`fastv2v.methods.shortcut.official.import_official`)."""
+    from fastv2v.methods.shortcut.official import import_official
+
+    return import_official(teacher, shortcut, **kwargs)
+
+
+def save_shortcut(path: str | os.PathLike, model: Any) -> None:
+    """Write a Shortcut-V2V bundle (:func:`fastv2v.methods.shortcut.model_file.save_shortcut`)."""
+    from fastv2v.methods.shortcut.model_file import save_shortcut as save
+
+    save(path, model)

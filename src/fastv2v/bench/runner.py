@@ -1,62 +1,50 @@
 """Run every method on the same frames in one process and measure what users ask about.
 
 For each model, the teacher runs first (its outputs are the reference), then every other
-method at every key-frame interval, all with the same threads, dtype and device. Each run is
-four passes over the same in-memory, model-size frames:
+method at every key-frame interval, all with the same threads, dtype and device. Each run is a
+:class:`~fastv2v.pipeline.Pipeline` assembled from the model file exactly as ``fastv2v
+translate`` assembles it (the file's stored settings, e.g. the calibrated reuse gate, with the
+interval on top), driven by the same loop (:func:`fastv2v.engine.loop.drive`) in four passes
+over the same in-memory, model-size frames:
 
-1. **MACs**: every step runs under the op-level MAC counter (:func:`fastv2v.metrics.profile`),
-   so the cost is what the run actually did, frame by frame: key frames, non-key frames and
-   any data-dependent work (sparse methods) are counted as they happened, never estimated.
-   This pass also warms up every code path.
-2. **warm-up**: a few plain steps (one key-frame interval), untimed.
-3. **model only**: ``encode_input -> step -> decode_output`` per frame, timed, with the peak
-   memory sampled; its outputs are what the quality metrics judge.
-4. **end to end**: the real thing, as ``fastv2v translate`` does it: open and decode the source
-   from disk in a reader thread, resize, run the method, encode an H.264 mp4 to a temporary
-   file in a writer thread; timed from opening to the finished file.
+1. **MACs**: every call runs under the op-level MAC counter (:class:`~fastv2v.engine.loop.
+   MacCounter`), so the cost is what the run actually did, frame by frame: key frames, non-key
+   frames and any data-dependent work (sparse methods) are counted as they happened, never
+   estimated. This pass also warms up every code path.
+2. **warm-up**: a few plain frames (one key-frame interval), untimed.
+3. **model only**: encode, method, decode per frame, timed, with the peak memory sampled; its
+   outputs are what the quality metrics judge.
+4. **end to end**: :func:`fastv2v.engine.translate.translate` itself on the source file (decode
+   in a reader thread, resize, run, encode an H.264 mp4 to a temporary file in a writer
+   thread), timed from opening to the finished file.
 
-Methods come from :data:`fastv2v.methods.base.METHODS`, so a method registered there is
-benchmarked without any change here. What the bench reads from a method class (all optional):
-
-* ``model_kind`` (str): the ``kind`` of model file it needs (e.g. a shortcut bundle); None or
-  absent means a plain teacher generator is enough. Such a class provides
-  ``from_model(path, *, interval, device) -> method``; the method's ``.teacher`` is the teacher
-  that the bundle carries. A ``UserError`` from it (or from the constructor) skips the method
-  for that model, with the message as the note.
-* ``uses_interval`` (bool): False for methods that have no key-frame interval (the teacher;
-  methods with their own schedule); they run once, not once per ``--intervals`` value.
-* ``push(x, state) -> (ready, state)`` and ``flush(state) -> ready``, where ``ready`` is a list
-  of ``(y, key)`` in frame order: for methods that need future frames (interpolation between
-  key frames). Without them, the online ``step(x, state) -> (y, state, key)`` is used.
-* ``parameter_count() -> int``: otherwise the parameters of every ``nn.Module`` attribute of
-  the method (the teacher and any extra block) are counted once each.
-* ``non_key_path()``: used for the MACs of one non-key frame only when the run cannot
-  attribute cost to frames (``push`` methods).
-* ``bench_notes() -> {field: reason}``: the method's own caveats, added to the row's ``notes``
-  (e.g. work done outside torch, which the MAC counter cannot see).
+Which methods exist, what they take and how they are built is the assembler's business
+(:mod:`fastv2v.pipeline`); the method protocol is documented in :mod:`fastv2v.methods.base`.
+A method that cannot run with a model file (a ``UserError`` while assembling) is skipped for
+that model, with the message as the note.
 """
 
 from __future__ import annotations
 
 import datetime
-import itertools
 import math
 import os
 import platform
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from fastv2v.bench.inputs import BenchInput, resolve_input
-from fastv2v.bench.memory import PeakMemory
 from fastv2v.bench.report import clean
+from fastv2v.engine.loop import Collector, MacCounter, Timer, drive
+from fastv2v.engine.loop import PeakMemory as PeakMemoryObserver
 from fastv2v.errors import UserError
+from fastv2v.metrics.profile import count_parameters
 
 DEFAULT_METHODS = ("teacher", "repeat", "reuse")
 DEFAULT_INTERVALS = (2, 3, 4)
@@ -97,8 +85,9 @@ class _Skip(Exception):
 
 def parse_methods(text: str | Sequence[str]) -> list[str]:
     """``"teacher,repeat,reuse"`` -> names, each checked against the registry, teacher first."""
-    from fastv2v.methods.base import METHODS
+    from fastv2v.pipeline import registry
 
+    METHODS = registry()
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
     if not names:
         raise UserError("--methods is empty; name at least one method, e.g. teacher,repeat,reuse.")
@@ -137,21 +126,36 @@ def parse_intervals(text: str | Sequence[int]) -> list[int]:
 
 @dataclass
 class ModelEntry:
-    """One ``--model``: the label used in the report, its file (None: in memory), its teacher."""
+    """One ``--model``: the label used in the report, its file (None: in memory), its kind, the
+    loaded model (a generator or a bundle) and its teacher."""
 
     label: str
     path: Path | None
     kind: str
+    model: Any
     teacher: Any
+    kernels: str | None = None  # for the methods that have CPU fast paths
 
     def describe(self, hw: tuple[int, int], macs_total: tuple[int, int], frames: int) -> dict:
         g = self.teacher
         return {
             "model": self.label, "path": None if self.path is None else str(self.path), "kind": self.kind,
             "arch": g.config.get("arch"), "ngf": g.config.get("ngf"), "input_kind": g.input_kind,
-            "params_m": _params(g) / 1e6, "model_height": hw[0], "model_width": hw[1],
+            "params_m": count_parameters(g) / 1e6, "model_height": hw[0], "model_width": hw[1],
             "teacher_macs": {"exact": macs_total[0] / frames / 1e9, "paper": macs_total[1] / frames / 1e9},
         }  # fmt: skip
+
+    def pipeline(self, name: str, interval: int | None):
+        """The run ``name@interval`` assembled as ``fastv2v translate`` assembles it, or
+        :class:`_Skip` with the reason it cannot run with this model."""
+        from fastv2v.pipeline import Pipeline, takes
+
+        kernels = self.kernels if takes(name, "kernels") else None
+        try:
+            return Pipeline.from_model(self.model, name, label=self.label, path=self.path, interval=interval,
+                                       kernels=kernels)  # fmt: skip
+        except UserError as exc:
+            raise _Skip(str(exc)) from None
 
 
 def load_model(item: Any, device: torch.device) -> ModelEntry:
@@ -160,224 +164,65 @@ def load_model(item: Any, device: torch.device) -> ModelEntry:
 
     if isinstance(item, tuple):
         label, generator = item
-        return ModelEntry(str(label), None, "generator", generator.to(device).eval())
+        generator = generator.to(device).eval()
+        return ModelEntry(str(label), None, "generator", generator, generator)
     if isinstance(item, SplitGenerator):
         label = f"{item.config.get('arch', type(item).__name__)} (in memory)"
-        return ModelEntry(label, None, "generator", item.to(device).eval())
+        generator = item.to(device).eval()
+        return ModelEntry(label, None, "generator", generator, generator)
+    from fastv2v.models import load_model as load
+
     path = Path(item)
-    if not path.exists():
-        raise UserError(f"{path} does not exist; pass the path of a model file with --model.")
-    from fastv2v.models import model_kind
-
-    kind = model_kind(path)
-    if kind == "generator":
-        from fastv2v.generators import load_generator
-
-        return ModelEntry(path.name, path, kind, load_generator(path, device=device))
-    from fastv2v.methods.base import METHODS
-
-    for cls in METHODS.values():
-        if getattr(cls, "model_kind", None) == kind and hasattr(cls, "from_model"):
-            method = cls.from_model(path, interval=1, device=device)
-            return ModelEntry(path.name, path, kind, method.teacher.to(device).eval())
-    raise UserError(
-        f"{path} is a {kind!r} model file, but no registered method reads that kind; "
-        "pass a teacher generator or a bundle made by fastv2v."
-    )
-
-
-def _uses_interval(cls) -> bool:
-    value = getattr(cls, "uses_interval", None)
-    return (cls.name != "teacher") if value is None else bool(value)
-
-
-def build_method(cls, entry: ModelEntry, interval: int | None, device: torch.device):
-    """The method for this model file, or :class:`_Skip` with the reason it cannot run."""
-    needs = getattr(cls, "model_kind", None)
-    try:
-        if needs is None:
-            return cls(entry.teacher, interval) if interval is not None else cls(entry.teacher)
-        if entry.path is None or entry.kind != needs:
-            raise _Skip(
-                f"needs a {needs!r} model file (it carries the method's trained parts), "
-                f"and {entry.label} is a {entry.kind} file"
-            )
-        return cls.from_model(entry.path, interval=interval or 1, device=device)
-    except UserError as exc:
-        raise _Skip(str(exc)) from None
-
-
-def _params(obj) -> int:
-    if hasattr(obj, "parameter_count"):
-        return int(obj.parameter_count())
-    module = torch.nn.Module
-    modules = [obj] if isinstance(obj, module) else [v for v in vars(obj).values() if isinstance(v, module)]
-    seen, total = set(), 0
-    for module in modules:
-        for p in module.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                total += p.numel()
-    return total
+    model = load(path, device=device)
+    teacher = model if isinstance(model, SplitGenerator) else model.teacher
+    return ModelEntry(path.name, path, getattr(model, "kind", "generator"), model, teacher.eval())
 
 
 # ---------------------------------------------------------------------------------------------
-# driving a method
+# the passes (one loop: fastv2v.engine.loop.drive)
 
 
-def _tensor(frame: np.ndarray) -> torch.Tensor:
-    """A batch of one frame, copied as the engine copies it (decoded arrays may be read-only)."""
-    return torch.from_numpy(np.stack([frame]))
+def _count_macs(pipeline, frames: list[np.ndarray], dev, dtype: str) -> tuple[MacCounter, tuple]:
+    """Pass 1: every call under the MAC counter (also the warm-up of every code path); the
+    counter and the shape of one output."""
+    counter = MacCounter()
+    last = None
+    for out in drive(pipeline, frames, observers=[counter], device=dev, dtype=dtype):
+        last = out.output
+    return counter, tuple(last.shape)
 
 
-def drive(method, inputs: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, bool]]:
-    """Outputs and key flags in frame order, through ``push``/``flush`` or ``step``."""
-    state = method.init_state()
-    push = getattr(method, "push", None)
-    if push is None:
-        for x in inputs:
-            y, state, key = method.step(x, state)
-            yield y, bool(key)
-        return
-    for x in inputs:
-        ready, state = push(x, state)
-        for y, key in ready:
-            yield y, bool(key)
-    for y, key in method.flush(state):
-        yield y, bool(key)
-
-
-@dataclass
-class _Macs:
-    total: tuple[int, int]
-    per_frame: list[tuple[int, int]] | None  # step methods: cost of each frame's step
-    keys: list[bool]
-    out_shape: tuple[int, ...]
-    nonkey_path: tuple[int, int] | None = None  # push methods: profile of non_key_path(), if any
-
-
-def _count_macs(method, g, frames: list[np.ndarray], dev, dtype: str) -> _Macs:
-    """Pass 1: run every step under the MAC counter (also the warm-up of every code path)."""
-    from fastv2v.engine.translate import autocast
+def _nonkey_path_macs(pipeline, frame: np.ndarray) -> tuple[int, int] | None:
+    """MACs of one non-key frame from the method's ``non_key_path`` (buffered methods, whose run
+    cannot attribute cost to frames)."""
     from fastv2v.metrics.profile import profile
 
-    push = getattr(method, "push", None)
-    state = method.init_state()
-    per_frame, keys, ready, total = [], [], [], [0, 0]
-    box: dict[str, Any] = {}
-
-    def step(x):
-        box["r"] = method.step(x, box["state"])
-
-    def pushed(x):
-        box["r"] = push(x, box["state"])
-
-    def flushed():
-        box["r"] = method.flush(box["state"])
-
-    # no_grad, not inference_mode: under inference_mode the dispatch-level counter sees no ops.
-    with torch.no_grad(), autocast(dev, dtype):
-        for f in frames:
-            x = g.encode_input(_tensor(f))
-            box["state"] = state
-            if push is None:
-                p = profile(step, x)
-                y, state, key = box["r"]
-                per_frame.append((p.macs_exact, p.macs_paper))
-                keys.append(bool(key))
-                ready = [y]
-            else:
-                p = profile(pushed, x)
-                outs, state = box["r"]
-                keys += [bool(k) for _, k in outs]
-                ready = [y for y, _ in outs[-1:]] or ready  # only the last output's shape is needed
-            total[0] += p.macs_exact
-            total[1] += p.macs_paper
-        if push is not None:
-            box["state"] = state
-            p = profile(flushed)
-            keys += [bool(k) for _, k in box["r"]]
-            ready = [y for y, _ in box["r"][-1:]] or ready
-            total[0] += p.macs_exact
-            total[1] += p.macs_paper
-        shape = tuple(g.decode_output(ready[-1]).shape[1:])
-        nonkey = None
-        path = method.non_key_path() if push is not None and hasattr(method, "non_key_path") else None
-        if path is not None:
-            p = profile(path, g.encode_input(_tensor(frames[-1])))
-            nonkey = (p.macs_exact, p.macs_paper)
-    if len(keys) != len(frames):
-        raise RuntimeError(f"{type(method).__name__} returned {len(keys)} outputs for {len(frames)} frames")
-    return _Macs((total[0], total[1]), per_frame if push is None else None, keys, shape, nonkey)
+    method = pipeline.method
+    path = method.non_key_path() if hasattr(method, "non_key_path") else None
+    if path is None:
+        return None
+    with torch.no_grad():
+        p = profile(path, pipeline.teacher.encode_input(torch.from_numpy(np.stack([frame]))))
+    return p.macs_exact, p.macs_paper
 
 
-def _warm_up(method, g, frames, dev, dtype: str, count: int) -> None:
-    from fastv2v.engine.translate import autocast
-
-    with torch.inference_mode(), autocast(dev, dtype):
-        xs = (g.encode_input(_tensor(f)) for f in frames[:count])
-        for y, _ in drive(method, xs):
-            g.decode_output(y).cpu()
-
-
-def _timed(method, g, frames, dev, dtype: str, out: np.ndarray) -> tuple[float, list | None, list[bool], PeakMemory]:
-    """Pass 3: model-only time per frame (encode_input -> step -> decode_output), outputs into ``out``."""
-    from fastv2v.engine.translate import autocast
-
-    push = getattr(method, "push", None)
-    keys: list[bool] = []
-    times: list[float] = []
-    clock = time.perf_counter
-    with PeakMemory(dev) as memory, torch.inference_mode(), autocast(dev, dtype):
-        state = method.init_state()
-        if push is None:
-            for i, f in enumerate(frames):
-                tick = clock()
-                x = g.encode_input(_tensor(f))
-                y, state, key = method.step(x, state)
-                result = g.decode_output(y).cpu().numpy()
-                times.append(clock() - tick)
-                out[i] = result[0]
-                keys.append(bool(key))
-            return sum(times), times, keys, memory
-        seconds, i = 0.0, 0
-        for f in itertools.chain(frames, [None]):
-            tick = clock()
-            if f is None:
-                ready = method.flush(state)
-            else:
-                ready, state = push(g.encode_input(_tensor(f)), state)
-            results = [(g.decode_output(y).cpu().numpy()[0], bool(k)) for y, k in ready]
-            seconds += clock() - tick
-            for result, key in results:
-                out[i] = result
-                keys.append(key)
-                i += 1
-        return seconds, None, keys, memory
+def _timed(pipeline, frames, dev, dtype: str, out: np.ndarray) -> tuple[Timer, PeakMemoryObserver, Collector]:
+    """Pass 3: model-only time per call (encode, method, decode), outputs into ``out``."""
+    timer, memory, collector = Timer(), PeakMemoryObserver(dev), Collector(into=out)
+    for _ in drive(pipeline, frames, observers=[memory, timer, collector], device=dev, dtype=dtype):
+        pass
+    return timer, memory, collector
 
 
-def _end_to_end(method, g, inp: BenchInput, labels: bool, resizer, dev, dtype: str, folder: Path,
-                limit: int | None = None) -> float:
-    """Pass 4: seconds from opening the source to a finished mp4 (decode, resize, run, encode)."""
-    from fastv2v.data.video import open_frames, open_writer
-    from fastv2v.engine.streaming import BackgroundWriter, prefetch
-    from fastv2v.engine.translate import autocast
+def _end_to_end(pipeline, inp: BenchInput, size, dev, dtype: str, folder: Path, limit: int | None = None) -> float:
+    """Pass 4: ``translate`` itself, from opening the source to a finished mp4."""
+    from fastv2v.engine.translate import translate
 
     target = folder / "e2e.mp4"
-    start = time.perf_counter()
-    with open_frames(inp.source, labels=labels) as frames, open_writer(target, fps=inp.fps) as writer:
-        background = BackgroundWriter(lambda y: writer.write(resizer.from_model(y)), depth=4)
-        try:
-            decoded = prefetch((resizer.to_model(f) for f in itertools.islice(frames, limit or inp.frames)), depth=4)
-            with torch.inference_mode(), autocast(dev, dtype):
-                xs = (g.encode_input(_tensor(f)) for f in decoded)
-                for y, _ in drive(method, xs):
-                    background.submit(g.decode_output(y).cpu().numpy()[0])
-        finally:
-            background.close()
-    seconds = time.perf_counter() - start
+    report = translate(pipeline, inp.source, target, device=str(dev), dtype=dtype, size=None if inp.task else size,
+                       progress=False, max_frames=limit or inp.frames)  # fmt: skip
     target.unlink(missing_ok=True)
-    return seconds
+    return report.seconds_total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -529,6 +374,8 @@ def run_bench(
     fid_weights: str | os.PathLike | None = None,
     lpips_weights: str | os.PathLike | None = None,
     lpips_backbone: str | os.PathLike | None = None,
+    runs: Sequence[tuple[str, int | None]] | None = None,
+    kernels: str | None = None,
 ) -> dict:
     """Benchmark ``methods`` of each model on the first ``frames`` frames of ``input``.
 
@@ -540,14 +387,23 @@ def run_bench(
     per method (model only and end to end); the median is reported, every pass is kept in
     ``*_runs`` so the spread is visible. ``fid_weights`` / ``lpips_weights`` (+ ``lpips_backbone``):
     local weight files for the FID and LPIPS columns (null with a reason without them).
+    ``runs``: explicit ``(method, interval)`` pairs instead of every method at every interval
+    (interval None: the model file's own setting, else the method's default). ``kernels``:
+    ``torch`` or ``fast`` for the methods that have CPU fast paths (None: their default).
     Returns the report as a JSON-ready dict (see ``bench.json``); :func:`write_report` writes it.
     """
-    from fastv2v.engine.translate import DTYPES, resolve_device
+    from fastv2v.engine.loop import DTYPES
+    from fastv2v.engine.translate import resolve_device
 
     if dtype not in DTYPES:
         raise UserError(f"unknown --dtype {dtype!r}; use {', '.join(DTYPES)}.")
-    names = parse_methods(methods)
-    steps = parse_intervals(intervals)
+    if runs is not None:
+        names = parse_methods([name for name, _ in runs])
+        runs = [("teacher", None)] + [(n, k) for n, k in runs if n != "teacher"]
+        steps = sorted({k for _, k in runs if k is not None})
+    else:
+        names, steps = parse_methods(methods), parse_intervals(intervals)
+        runs = runs_for(names, steps)
     dev = resolve_device(device)
     if int(repeats) != repeats or repeats < 1:
         raise UserError(f"--repeats must be a whole number of at least 1, not {repeats}.")
@@ -581,7 +437,7 @@ def run_bench(
         report: dict[str, Any] = {
             "fastv2v": _version(), "created": now, "device": _device_text(dev, machine),
             "threads": torch.get_num_threads(), "dtype": dtype, "batch": 1, "repeats": repeats,
-            "machine": machine, "input": inp.describe(), "methods": names, "intervals": steps,
+            "machine": machine, "input": inp.describe(), "methods": names, "intervals": steps, "kernels": kernels,
             "models": [], "teacher_macs": None, "results": [], "skipped": [], "conventions": CONVENTIONS,
         }  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="fastv2v-bench-") as tmp:
@@ -589,7 +445,8 @@ def run_bench(
             if e2e:
                 inp.write_source(folder / "source")
             for entry in entries:
-                _bench_model(entry, inp, runs_for(names, steps), size, dev, dtype, e2e, repeats, folder, report,
+                entry.kernels = kernels
+                _bench_model(entry, inp, runs, size, dev, dtype, e2e, repeats, folder, report,
                              progress, perceptual)  # fmt: skip
         report["teacher_macs"] = report["models"][0]["teacher_macs"] if report["models"] else None
         return clean(report)
@@ -621,11 +478,11 @@ def _shipped(inp: BenchInput):
 
 def runs_for(names: Sequence[str], steps: Sequence[int]) -> list[tuple[str, int | None]]:
     """``(method, interval)`` pairs in report order: the teacher, then each method per interval."""
-    from fastv2v.methods.base import METHODS
+    from fastv2v.pipeline import uses_interval
 
     runs: list[tuple[str, int | None]] = []
     for name in names:
-        if _uses_interval(METHODS[name]):
+        if uses_interval(name):
             runs += [(name, k) for k in steps]
         else:
             runs.append((name, None))
@@ -637,8 +494,7 @@ def _bench_model(
 ) -> None:
     """Benchmark every run of one model; rows and skips are appended to ``report``."""
     from fastv2v.data.resize import Resizer
-    from fastv2v.engine.translate import check_labels
-    from fastv2v.methods.base import METHODS
+    from fastv2v.engine.loop import check_labels
 
     g = entry.teacher
     labels = g.input_kind == "labels"
@@ -661,45 +517,53 @@ def _bench_model(
     for index, (name, interval) in enumerate(runs):
         label = name if interval is None else f"{name}@{interval}"
         try:
-            method = build_method(METHODS[name], entry, interval, dev)
+            pipeline = entry.pipeline(name, interval)
         except _Skip as exc:
             report["skipped"].append({"model": entry.label, "method": name, "interval": interval, "reason": str(exc)})
             _say(progress, f"{entry.label}: skipped {label}: {exc}")
             continue
         _say(progress, f"{entry.label}: {label} ({index + 1}/{len(runs)}) on {len(frames)} frames")
         notes = _Notes()
-        macs = _count_macs(method, g, frames, dev, dtype)
-        _warm_up(method, g, frames, dev, dtype, min(len(frames), (interval or 1) + 1))
-        buffer = np.empty((len(frames), *macs.out_shape), np.uint8)
+        method = pipeline.method
+        macs, out_shape = _count_macs(pipeline, frames, dev, dtype)
+        for _ in drive(pipeline, frames[: min(len(frames), (interval or 1) + 1)], device=dev, dtype=dtype):
+            pass  # warm-up
+        buffer = np.empty((len(frames), *out_shape), np.uint8)
         buffer.fill(0)  # resident before the memory baseline, so the outputs kept are not counted
-        passes = [_timed(method, g, frames, dev, dtype, buffer) for _ in range(repeats)]
-        seconds, times, keys, _ = sorted(passes, key=lambda p: p[0])[(len(passes) - 1) // 2]  # the median pass
-        peaks = [p[3].peak_mb for p in passes if p[3].peak_mb is not None]
+        passes = [_timed(pipeline, frames, dev, dtype, buffer) for _ in range(repeats)]
+        timer, _, collector = sorted(passes, key=lambda p: p[0].seconds)[(len(passes) - 1) // 2]  # the median pass
+        seconds, times, keys = timer.seconds, timer.per_frame, collector.keys
+        peaks = [p[1].peak_mb for p in passes if p[1].peak_mb is not None]
         outs = [resizer.from_model(o) for o in buffer]
         if keys != macs.keys:
             notes["keyframes"] = "the key pattern differed between the MAC pass and the timed pass"
         n = len(frames)
         row: dict[str, Any] = {
-            "model": entry.label, "method": name, "interval": 1 if name == "teacher" else interval,
-            "frames": n, "keyframes": int(sum(keys)),
+            "model": entry.label, "method": name, "interval": 1 if name == "teacher" else _interval_of(pipeline, interval),
+            "settings": pipeline.settings, "frames": n, "keyframes": int(sum(keys)),
         }  # fmt: skip
-        row.update(_cost(method, macs, n, notes))
+        nonkey_path = None if macs.attributable else _nonkey_path_macs(pipeline, frames[-1])
+        row.update(_cost(method, macs, nonkey_path, n, notes))
         ms = 1000.0 * seconds / n
         row["ms_per_frame"] = ms
-        row["ms_per_frame_runs"] = [1000.0 * p[0] / n for p in passes]
+        row["ms_per_frame_runs"] = [1000.0 * p[0].seconds / n for p in passes]
         row["model_fps"] = 1000.0 / ms
         row["ms_key"], row["ms_nonkey"] = _split_times(times, keys, notes)
         e2e_seconds = None
         if not e2e:
             notes["e2e_fps"] = "end-to-end pass not run (e2e=False)"
-        elif macs.out_shape[-1] != 3:
-            notes["e2e_fps"] = f"outputs have {macs.out_shape[-1]} channels; the mp4 writer takes RGB"
+        elif out_shape[-1] != 3:
+            notes["e2e_fps"] = f"outputs have {out_shape[-1]} channels; the mp4 writer takes RGB"
         else:
             if name == "teacher":  # first e2e pass of this model: pay one-time costs (codec, file cache) untimed
-                _end_to_end(method, g, inp, labels, resizer, dev, dtype, folder, limit=2)
-            e2e_runs = sorted(_end_to_end(method, g, inp, labels, resizer, dev, dtype, folder) for _ in range(repeats))
-            e2e_seconds = e2e_runs[(len(e2e_runs) - 1) // 2]
-            row["e2e_fps_runs"] = [n / t for t in e2e_runs]
+                _end_to_end(pipeline, inp, size, dev, dtype, folder, limit=2)
+            try:
+                e2e_runs = sorted(_end_to_end(pipeline, inp, size, dev, dtype, folder) for _ in range(repeats))
+            except UserError as exc:  # what translate refuses (e.g. a clip shorter than one key gap)
+                notes["e2e_fps"] = f"fastv2v translate refuses this run: {exc}"
+            else:
+                e2e_seconds = e2e_runs[(len(e2e_runs) - 1) // 2]
+                row["e2e_fps_runs"] = [n / t for t in e2e_runs]
         row["e2e_fps"] = n / e2e_seconds if e2e_seconds else None
         row["e2e_ms_per_frame"] = 1000.0 * e2e_seconds / n if e2e_seconds else None
         if name == "teacher":
@@ -720,21 +584,31 @@ def _bench_model(
         notes.update(reasons)
         row["peak_mem_mb"] = max(peaks) if peaks else None
         if not peaks:
-            notes["peak_mem_mb"] = passes[0][3].reason
+            notes["peak_mem_mb"] = passes[0][1].reason
         for field_name, reason in (method.bench_notes() if hasattr(method, "bench_notes") else {}).items():
             notes.setdefault(field_name, reason)  # the method's own caveats (e.g. work the MAC counter cannot see)
         row["notes"] = dict(notes)
         report["results"].append(row)
-        del method, buffer, outs
+        del pipeline, method, buffer, outs
 
 
-def _cost(method, macs: _Macs, n: int, notes: _Notes) -> dict:
+def _interval_of(pipeline, asked: int | None) -> int | str | None:
+    """The run's key-frame interval: the one asked for, else the one the pipeline resolved (a
+    model file's own); None for methods without one (their own schedule)."""
+    from fastv2v.pipeline import uses_interval
+
+    if asked is not None or not uses_interval(pipeline.name):
+        return asked
+    return pipeline.settings.get("interval")
+
+
+def _cost(method, macs: MacCounter, nonkey_path: tuple[int, int] | None, n: int, notes: _Notes) -> dict:
     """MACs amortised over the run and per non-key frame (G), and parameters (M)."""
     exact, paper = macs.total
     row: dict[str, Any] = {
         "macs_total": {"exact": exact, "paper": paper},
         "macs_per_frame": {"exact": exact / n / 1e9, "paper": paper / n / 1e9},
-        "params_m": _params(method) / 1e6,
+        "params_m": count_parameters(method) / 1e6,
     }
     keys = np.asarray(macs.keys)
     if macs.per_frame is not None:
@@ -749,19 +623,19 @@ def _cost(method, macs: _Macs, n: int, notes: _Notes) -> dict:
         )  # fmt: skip
         return row
     row["macs_key"] = None
-    notes["macs_key"] = "a buffered (push/flush) method: its cost is not attributable to single frames"
-    if macs.nonkey_path is None:
+    notes["macs_key"] = "a buffered method: its cost is not attributable to single frames"
+    if nonkey_path is None:
         row["macs_nonkey"] = None
-        notes["macs_nonkey"] = "a buffered (push/flush) method without non_key_path(): not attributable"
+        notes["macs_nonkey"] = "a buffered method without non_key_path(): not attributable"
     else:
-        row["macs_nonkey"] = {"exact": macs.nonkey_path[0] / 1e9, "paper": macs.nonkey_path[1] / 1e9}
+        row["macs_nonkey"] = {"exact": nonkey_path[0] / 1e9, "paper": nonkey_path[1] / 1e9}
         notes["macs_nonkey"] = "profiled from the method's non_key_path(), not from the run"
     return row
 
 
 def _split_times(times, keys, notes: _Notes):
     if times is None:
-        notes["ms_key"] = notes["ms_nonkey"] = "a buffered (push/flush) method: time is not attributable to frames"
+        notes["ms_key"] = notes["ms_nonkey"] = "a buffered method: time is not attributable to frames"
         return None, None
     t, k = np.asarray(times), np.asarray(keys)
     key = 1000.0 * float(t[k].mean()) if k.any() else None

@@ -122,11 +122,10 @@ def stale_partials(output: Path) -> list[Path]:
 
 
 def translate_many(
-    generator,
+    pipeline: Any,
     input_list: str | Path | list[str | Path],
     out_dir: str | Path,
     *,
-    runner: Callable | None = None,
     ctx: Any = None,
     device: str = "cpu",
     progress: bool = True,
@@ -136,13 +135,13 @@ def translate_many(
     """Translate every input of ``input_list`` (a list file, a folder of videos, or a list of
     paths) into ``out_dir/<stem>.mp4``; returns every process's results.
 
-    ``runner`` is the method (one object serves every video: its per-video state is created
-    per video); ``translate_kwargs`` go to :func:`~fastv2v.engine.translate.translate` (dtype,
-    batch, size, resize_mode). ``ctx`` is a :class:`~fastv2v.train.distributed.DistributedContext`
+    ``pipeline`` (:class:`fastv2v.pipeline.Pipeline`) serves every video: its method's per-video
+    state is created per video; ``translate_kwargs`` go to :func:`~fastv2v.engine.translate.translate` (dtype,
+    batch, size, resize_mode). ``ctx`` is a :class:`~fastv2v.distributed.DistributedContext`
     (default: joins the job torchrun started, else one process). ``log`` gets one line per item.
     """
     from fastv2v.engine.translate import translate
-    from fastv2v.train.distributed import init_distributed
+    from fastv2v.distributed import init_distributed
 
     if isinstance(input_list, (list, tuple)):
         inputs = [Path(p) for p in input_list]
@@ -177,7 +176,7 @@ def translate_many(
                 tick = time.perf_counter()
                 try:
                     report = translate(
-                        generator, src, out, runner=runner, device=str(ctx.device), progress=progress and
+                        pipeline, src, out, device=str(ctx.device), progress=progress and
                         ctx.world_size == 1, **translate_kwargs,
                     )  # fmt: skip
                 except Exception as exc:  # noqa: BLE001 (report it, go on with the others)

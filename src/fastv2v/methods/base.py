@@ -1,78 +1,133 @@
-"""What a method is: a way to produce each frame's output more cheaply than the teacher.
+"""The method protocol: how a method stands in for the teacher, frame after frame.
 
-An online method turns one model-input frame into one output frame given the video's state,
-``step(x, state) -> (y, state, key)``, where ``key`` says whether the full teacher ran. The
-state is a plain object created by ``init_state()`` and passed in and out explicitly (never
-kept on a module), so one model can translate two videos at once. A schedule decides which
-frames are key.
+Every method speaks one protocol (the loop that drives it is :func:`fastv2v.engine.loop.drive`):
 
-Methods register under the names ``bench.json`` uses (``teacher``, ``repeat``, ``reuse``, ...).
+* ``init_state() -> state``: a plain per-video value, passed in and out explicitly and never
+  kept on a module, so one method translates any number of videos at once.
+* ``push(x, state) -> (ready, state)``: ``x`` is the next model-input frame (``1 x C x H x W``;
+  ``N`` consecutive frames when the class is ``batchable``); ``ready`` lists ``(y, key)`` for the
+  frames whose outputs are now known, oldest first, where ``key`` says a full generator pass made
+  ``y``. An *online* method answers every frame at once (``latency`` 0); a *buffered* one
+  (interpolation between key frames) may hold up to ``latency`` frames until a later frame decides.
+* ``flush(state) -> ready``: the outputs of every frame still held when the video ends.
+
+Over a video every input gets exactly one output, in order. Key frames of teacher-based methods
+equal the teacher bit for bit (the same ops).
+
+A method is built from a loaded model by one classmethod, ``from_model(model, **settings)``
+(``model``: a teacher generator, or a model file's bundle whose ``.teacher`` it uses), and
+``settings()`` returns the keyword arguments that rebuild it: model files store them, so
+nothing is lost between writing and reading (:mod:`fastv2v.pipeline` assembles the two).
+Class attributes: ``name`` (the registry and ``bench.json`` name), ``model_kind`` (None, or the
+kind of model file whose trained part the method needs), ``SETTINGS`` (the setting names
+``from_model`` takes), ``uses_interval`` (False: no key-frame interval to sweep).
+
+Optional, for reports: ``parameter_count()``, ``non_key_path()`` (one non-key frame from
+scratch references, for MAC profiles), ``bench_notes()`` (caveats such as work outside torch),
+``describe()``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable
 
 import torch
 
 from fastv2v.errors import UserError
 from fastv2v.generators.base import SplitGenerator
+from fastv2v.methods.schedules import FixedKeys
+
+Ready = list[tuple[torch.Tensor, bool]]
 
 
-class FixedInterval:
-    """Frame 0 and every ``interval``-th frame after the last key frame are key frames."""
+def teacher_of(model: Any) -> SplitGenerator:
+    """The generator of a loaded model: the model itself, or the teacher a bundle carries."""
+    return model if isinstance(model, SplitGenerator) else model.teacher
 
-    def __init__(self, interval: int):
-        if int(interval) != interval or interval < 1:
-            raise UserError(f"the key-frame interval must be a whole number >= 1, not {interval}.")
-        self.interval = int(interval)
 
-    def is_key(self, since_key: int | None) -> bool:
-        """``since_key``: frames since the last key frame (None before the first)."""
-        return since_key is None or since_key >= self.interval
+def whole_interval(interval: Any, default: int) -> int:
+    """A key-frame interval setting: ``default`` for None, else a whole number >= 1."""
+    if interval is None:
+        return default
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or int(interval) != interval or interval < 1:
+        raise UserError(f"the key-frame interval must be a whole number >= 1, not {interval!r}.")
+    return int(interval)
 
 
 @dataclass
 class StreamState:
-    """Per-video state of the built-in online methods: the reference from the last key frame,
-    and the key-frame schedule's own state (adaptive schedules keep a budget there)."""
+    """Per-video state of the built-in online methods: the reference from the last key frame
+    and the key-frame schedule's own state."""
 
-    since_key: int | None = None
     reference: dict[str, torch.Tensor] = field(default_factory=dict)
-    schedule: dict = field(default_factory=dict)
+    schedule: Any = None
+
+
+#: ``kernels`` setting of the methods with CPU fast paths: ``torch`` (the plain modules) or ``fast``
+#: (:mod:`fastv2v.generators.fast_parts`, opt-in: equal to float rounding, faster on the CPU).
+KERNELS = ("torch", "fast")
+
+
+def kernel_choice(kernels: str | None) -> str:
+    """The ``kernels`` setting, ``torch`` when not given."""
+    kernels = "torch" if kernels is None else kernels
+    if kernels not in KERNELS:
+        raise UserError(f"--kernels takes {' or '.join(KERNELS)}, not {kernels!r}.")
+    return kernels
 
 
 class OnlineMethod:
-    """Base of online methods: key frames run the teacher and refresh the reference.
+    """Base of the methods: key frames run the teacher and refresh the reference.
 
-    Class attributes the benchmark reads: ``uses_interval`` (False: run once, not per key-frame
-    interval) and ``model_kind`` (None: built from a teacher generator; otherwise the kind of
-    self-describing model file the method is built from, via ``from_model(path, interval=...,
-    device=...)``).
+    Online subclasses implement ``step(x, state) -> (y, state, key)`` for one frame (or just
+    ``non_key_frame``); ``push`` answers each frame with its own output. Buffered subclasses
+    override ``push``/``flush`` and set ``latency``.
     """
 
     name = "method"
     uses_interval = True
     model_kind: str | None = None
+    batchable = False
+    latency = 0
+    SETTINGS: tuple[str, ...] = ("interval",)
+    DEFAULT_INTERVAL = 3
 
-    def __init__(self, teacher: SplitGenerator, interval: int = 1):
+    def __init__(self, teacher: SplitGenerator, interval: int = DEFAULT_INTERVAL):
         self.teacher = teacher
-        self.schedule = FixedInterval(interval)
+        self.schedule = FixedKeys(whole_interval(interval, 1))  # a schedule of fastv2v.methods.schedules
+
+    @classmethod
+    def from_model(cls, model: Any, *, interval: int | None = None) -> "OnlineMethod":
+        """The method on a loaded model's teacher (``interval`` None: the class default)."""
+        return cls(teacher_of(model), whole_interval(interval, cls.DEFAULT_INTERVAL))
+
+    def settings(self) -> dict[str, Any]:
+        return {"interval": self.interval}
 
     @property
     def interval(self) -> int:
         return self.schedule.interval
 
     def init_state(self) -> StreamState:
-        return StreamState()
+        return StreamState(schedule=self.schedule.init_state())
+
+    def push(self, x: torch.Tensor, state: Any) -> tuple[Ready, Any]:
+        ready = []
+        for frame in x.split(1):
+            y, state, key = self.step(frame, state)
+            ready.append((y, bool(key)))
+        return ready, state
+
+    def flush(self, state: Any) -> Ready:
+        return []
 
     def step(self, x: torch.Tensor, state: StreamState) -> tuple[torch.Tensor, StreamState, bool]:
-        if self.schedule.is_key(state.since_key):
+        (key,), schedule = self.schedule.push(None, state.schedule)
+        if key:
             y, reference = self.key_frame(x)
-            return y, StreamState(since_key=1, reference=reference), True
-        y = self.non_key_frame(x, state.reference)
-        return y, StreamState(since_key=state.since_key + 1, reference=state.reference), False
+            return y, StreamState(reference, schedule), True
+        return self.non_key_frame(x, state.reference), StreamState(state.reference, schedule), False
 
     def key_frame(self, x: torch.Tensor, a: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The teacher's output (the same ops, so bit-identical) and what later frames reuse;
@@ -90,30 +145,30 @@ class OnlineMethod:
         """A callable running one non-key frame from scratch references, for MAC profiling."""
         return None
 
-    def __call__(self, x: torch.Tensor, state: StreamState) -> tuple[torch.Tensor, StreamState]:
-        """Batch form for the streaming engine: frames of ``x`` are consecutive, run in order."""
-        outputs = []
-        for frame in x.split(1):
-            y, state, _ = self.step(frame, state)
-            outputs.append(y)
-        return torch.cat(outputs), state
-
 
 class Teacher(OnlineMethod):
     """Every frame is a key frame: the baseline every other method is measured against."""
 
     name = "teacher"
     uses_interval = False
+    batchable = True  # stateless: a batch of frames runs in one call (the engine's --batch)
+    SETTINGS = ()
 
     def __init__(self, teacher: SplitGenerator, interval: int = 1):
         super().__init__(teacher, 1)
 
+    @classmethod
+    def from_model(cls, model: Any) -> "Teacher":
+        return cls(teacher_of(model))
+
+    def settings(self) -> dict[str, Any]:
+        return {}
+
+    def push(self, x, state):
+        return [(y, True) for y in self.teacher(x).split(1)], state
+
     def step(self, x, state):
         return self.teacher(x), state, True
-
-    def __call__(self, x, state):
-        """Stateless, so a whole batch runs in one call (the engine's ``--batch`` throughput)."""
-        return self.teacher(x), state
 
 
 class Repeat(OnlineMethod):
@@ -142,11 +197,3 @@ def register(method: type[OnlineMethod]) -> type[OnlineMethod]:
     """Add a method class under its ``name`` (used as a decorator by method modules)."""
     METHODS[method.name] = method
     return method
-
-
-def run_online(method: OnlineMethod, frames: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, bool]]:
-    """Outputs and key flags of a method over a stream of model-input frames (1 x C x H x W)."""
-    state = method.init_state()
-    for x in frames:
-        y, state, key = method.step(x, state)
-        yield y, key

@@ -1,7 +1,7 @@
 """Interpolation between key-frame outputs (Fast-Vid2Vid's temporal half): ``interp`` and
 ``minterpolate``.
 
-Key frames (chosen by a schedule, :mod:`fastv2v.methods.keyframes`) run the teacher, so their
+Key frames (chosen by a schedule, :mod:`fastv2v.methods.schedules`) run the teacher, so their
 outputs are the teacher's, bit for bit. A frame ``i`` between key frames ``k0 < k1`` is made from
 the two key outputs at its true position ``t = (i - k0) / (k1 - k0)``, which stays right when key
 frames are unevenly spaced (the released Fast-Vid2Vid code feeds the key outputs to FFmpeg as an
@@ -49,8 +49,8 @@ import torch
 
 from fastv2v.errors import UserError
 from fastv2v.generators.base import SplitGenerator
-from fastv2v.methods.base import OnlineMethod, register
-from fastv2v.methods.keyframes import lookahead_of, parse_keyframes
+from fastv2v.methods.base import OnlineMethod, register, teacher_of, whole_interval
+from fastv2v.methods.schedules import lookahead_of, parse_keyframes
 
 __all__ = [
     "BufferedState", "Interp", "KeyframeInterpolation", "MInterpolate", "keep_zero_motion", "minterpolate_frames",
@@ -136,7 +136,26 @@ class KeyframeInterpolation(OnlineMethod):
         self.labels = teacher.input_kind == "labels"
         self._cost = {"frames": 0, "seconds": 0.0}
 
+    SETTINGS = ("interval", "keyframes")
+    DEFAULT_INTERVAL = 4
+
+    @classmethod
+    def from_model(cls, model: Any, *, interval: int | None = None, keyframes: Any = None) -> "KeyframeInterpolation":
+        """On a loaded model's teacher: ``fixed:interval`` key frames (default 4) unless
+        ``keyframes`` names another schedule."""
+        return cls(teacher_of(model), whole_interval(interval, cls.DEFAULT_INTERVAL), keyframes)
+
+    def settings(self) -> dict[str, Any]:
+        spec = getattr(self.keyframes, "spec", None)
+        fixed = spec == f"fixed:{self.interval}"
+        return {"interval": self.interval, "keyframes": None if fixed else spec}
+
     # -- what the engine and the bench read ----------------------------------------------------
+
+    @property
+    def latency(self) -> int:
+        """The most frames held back before their output is ready (the added latency)."""
+        return self.max_latency
 
     @property
     def max_latency(self) -> int:
@@ -185,15 +204,12 @@ class KeyframeInterpolation(OnlineMethod):
     def step(self, x, state):
         raise TypeError(f"{self.name} needs the next key frame: drive it with push(x, state) and flush(state)")
 
-    def __call__(self, x, state):
-        raise TypeError(f"{self.name} needs the next key frame: drive it with push(x, state) and flush(state)")
-
     def push(self, x: torch.Tensor, state: BufferedState) -> tuple[list[tuple[torch.Tensor, bool]], BufferedState]:
         """Take one frame (1 x C x H x W model input); return the outputs now ready, in order."""
         if x.shape[0] != 1:
             raise ValueError(f"{self.name}.push takes one frame at a time, got a batch of {x.shape[0]}")
         frame = _Frame(state.index, x, self._picture)
-        seen = frame.picture if getattr(self.keyframes, "reads_frames", True) else None
+        seen = frame.picture if getattr(self.keyframes, "reads", "picture") == "picture" else None
         decisions, sched = self.keyframes.push(seen, state.schedule)
         s = BufferedState(state.index + 1, sched, state.undecided + [frame], list(state.pending), state.key)
         ready = self._apply(s, decisions)

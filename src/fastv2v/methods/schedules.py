@@ -1,28 +1,30 @@
-"""Key-frame schedules for methods that hold frames back (interpolation between key frames).
+"""Key-frame schedules: which frames run the full generator. One protocol for every method.
 
-A schedule decides which frames are key frames (the teacher runs on them); the frames between
-two key frames are interpolated from their outputs. Schedules see one frame at a time and may
-look a few frames ahead before deciding, so a method can stream with bounded memory.
-
-The streaming protocol (state passed in and out explicitly, as for methods):
+A schedule sees one frame at a time, through the *signal* it reads (``reads``), and may look a
+few frames ahead before deciding, so a method can stream with bounded memory. State is passed
+in and out explicitly, as for methods:
 
 * ``init_state() -> state``
-* ``push(frame, state) -> (decisions, state)``: ``frame`` is the picture of the next frame
-  (``HxWx3`` uint8 RGB, or an ``HxW`` integer label map); ``decisions`` are booleans (key or
-  not) for the oldest frames not yet decided, in frame order, possibly none.
+* ``push(signal, state) -> (decisions, state)``: ``decisions`` are booleans (key or not) for the
+  oldest frames not yet decided, in frame order, possibly none (an online schedule, ``lookahead``
+  0, decides each frame at once: exactly one decision per push).
 * ``flush(state) -> decisions``: the decisions for every frame still undecided at the end.
-* ``lookahead``: how many later frames a decision may wait for; ``max_gap``: the longest key
-  gap the schedule makes (None: no bound of its own); ``spec``: the text form;
-  ``reads_frames`` (default True): False for a schedule that never looks at the frames, whose
-  ``push`` then gets None (the method skips making the picture).
+* ``reads``: what the signal of a frame is: ``None`` (nothing; the schedule decides by position),
+  ``"picture"`` (the input as ``HxWx3`` uint8 RGB or an ``HxW`` label map), ``"drift"`` (a float:
+  how far the frame has drifted from the last key frame; None for the first frame) or ``"cost"``
+  (a zero-argument callable returning the fraction of a full pass the frame would cost as a
+  non-key frame; called only when the schedule needs it).
+* ``lookahead``: how many later frames a decision may wait for; ``max_gap``: the longest key gap
+  the schedule makes (None: no bound of its own); ``spec``: the text form.
 
 Frame 0 is always a key frame. Which frame is the last one is not known while streaming, so the
-interpolating method makes the last frame a key frame itself (there is nothing to interpolate
+interpolating methods make the last frame a key frame themselves (there is nothing to interpolate
 towards after it); :func:`key_indices` does the same for a whole clip in memory.
 
 Schedules:
 
-* :class:`FixedKeys` (``fixed:N``): frame 0 and every N-th frame (and the last frame).
+* :class:`FixedKeys` (``fixed:N``): frame 0 and every N-th frame (``reads`` None). Every online
+  method's fixed interval (``repeat``, ``reuse``, ``shortcut``).
 * :class:`PeakKeys` (``peaks``): the Fast-Vid2Vid rule (released ``util/keyframes.py``): the
   change between consecutive inputs, the sum of absolute differences in CIE LUV
   (:func:`frame_change`; for label maps the fraction of pixels whose label changed), smoothed
@@ -31,14 +33,19 @@ Schedules:
   and last frame. A minimum gap drops maxima too close to the previous key frame, and a maximum
   gap adds a key frame when none came for that long, so a static clip still gets key frames and
   the buffer stays bounded.
-* ``auto``: an adaptive online schedule, provided elsewhere (``fastv2v.methods.adaptive``); it
-  registers itself with :func:`register_keyframes`. Any object with ``is_key(since_key)`` (or
-  ``is_key(since_key, frame)``) can also be passed directly; :class:`OnlineKeys` adapts it.
+* :class:`AdaptiveInterval` (``auto``; ``reads`` drift): refresh when the video says so, within
+  the key-frame budget of a fixed interval (Shortcut-V2V's ``--interval auto`` on head-feature
+  drift; ``interp --keyframes auto`` through :class:`OnlineKeys`, on picture drift).
+* :class:`BreakEven` (``reads`` cost): ``sparse``'s refresh: a dense pass whenever the sparse one
+  would cost more than a fraction of it, and at least every ``max_interval`` frames.
+* :class:`OnlineKeys` adapts a drift-reading schedule, or any object with ``is_key(since_key)``,
+  to picture signals.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -51,6 +58,9 @@ from fastv2v.errors import UserError
 __all__ = [
     "DEFAULT_PEAK_MAX_GAP",
     "DEFAULT_PEAK_WINDOW",
+    "AdaptiveInterval",
+    "BreakEven",
+    "drift_score",
     "FixedKeys",
     "OnlineKeys",
     "PeakKeys",
@@ -137,7 +147,7 @@ class FixedKeys:
     """``fixed:N``: frame 0 and every ``N``-th frame are key frames (the method adds the last)."""
 
     lookahead = 0
-    reads_frames = False  # decides by position alone: ``push`` may be given None for the frame
+    reads = None  # decides by position alone
 
     def __init__(self, interval: int):
         if int(interval) != interval or interval < 1:
@@ -207,6 +217,7 @@ class PeakKeys:
 
     lookahead = property(lambda self: self.window // 2 + 1)
     min_frames = 2
+    reads = "picture"
 
     @property
     def spec(self) -> str:
@@ -285,39 +296,38 @@ def picture_drift(ref: np.ndarray, cur: np.ndarray) -> float:
 @dataclass
 class OnlineState:
     since_key: int | None = None  # frames since the last key frame (None before the first)
-    key_picture: Any = None  # the last key frame's picture (for drift scores)
-    rule: Any = None  # the rule's own state (decide/start rules)
+    key_picture: Any = None  # the last key frame's picture (for drift signals)
+    rule: Any = None  # a drift-reading schedule's own state
 
 
 class OnlineKeys:
-    """Adapts an online key-frame rule to the streaming protocol (no look-ahead). The rule is
-    either
+    """Adapts an online rule to picture signals (no look-ahead). The rule is either
 
-    * ``is_key(since_key)`` or ``is_key(since_key, frame)`` (as :class:`fastv2v.methods.base.
-      FixedInterval`), ``since_key`` = frames since the last key frame, None before the first; or
-    * ``start() -> rule_state`` and ``decide(since_key, score, rule_state) -> (key, rule_state)``
-      (as ``fastv2v.methods.adaptive.AdaptiveInterval``), given the drift of the frame from the
-      last key frame, :func:`picture_drift` (the inputs' pictures: no model work, no MACs).
+    * a schedule that ``reads`` drift (as :class:`AdaptiveInterval`): it is given the drift of the
+      frame's picture from the last key frame's, :func:`picture_drift` (no model work, no MACs); or
+    * any object with ``is_key(since_key)`` or ``is_key(since_key, picture)``, ``since_key`` =
+      frames since the last key frame, None before the first.
 
-    Its ``max_interval`` or ``interval`` attribute, if any, is the maximum gap (and bounds the
-    interpolating method's buffer). Frame 0 is always a key frame.
+    Its ``max_gap``, ``max_interval`` or ``interval`` attribute, if any, is the maximum gap (and
+    bounds the interpolating method's buffer). Frame 0 is always a key frame.
     """
 
     lookahead = 0
     min_frames = 2
+    reads = "picture"
 
     def __init__(self, rule: Any):
         self.rule = rule
-        self._decides = hasattr(rule, "decide") and hasattr(rule, "start")
+        self._drift = getattr(rule, "reads", None) == "drift"
         self._with_frame = False
-        if not self._decides:
+        if not self._drift:
             try:
                 params = [p for p in inspect.signature(rule.is_key).parameters.values()
                           if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
                 self._with_frame = len(params) >= 2
             except (TypeError, ValueError):
                 pass
-        gap = getattr(rule, "max_interval", None) or getattr(rule, "interval", None)
+        gap = getattr(rule, "max_gap", None) or getattr(rule, "max_interval", None) or getattr(rule, "interval", None)
         self.max_gap = int(gap) if gap else None
 
     @property
@@ -325,21 +335,178 @@ class OnlineKeys:
         return getattr(self.rule, "spec", None) or f"{type(self.rule).__name__}"
 
     def init_state(self) -> OnlineState:
-        return OnlineState()
+        return OnlineState(rule=self.rule.init_state() if self._drift else None)
 
     def push(self, frame: Any, state: OnlineState) -> tuple[list[bool], OnlineState]:
         since = state.since_key
-        if since is None:
-            return [True], OnlineState(1, frame, self.rule.start() if self._decides else None)
-        if self._decides:
-            key, rule = self.rule.decide(since, picture_drift(state.key_picture, frame), state.rule)
+        rule = state.rule
+        if self._drift:
+            drift = None if since is None else picture_drift(state.key_picture, frame)
+            (key,), rule = self.rule.push(drift, rule)
         else:
-            key = self.rule.is_key(since, frame) if self._with_frame else self.rule.is_key(since)
-            rule = None
+            key = since is None or (self.rule.is_key(since, frame) if self._with_frame else self.rule.is_key(since))
         key = bool(key)
         return [key], OnlineState(1 if key else since + 1, frame if key else state.key_picture, rule)
 
     def flush(self, state: OnlineState) -> list[bool]:
+        return []
+
+
+# ---------------------------------------------------------------------------------------------
+# adaptive refresh: drift within a key-frame budget
+
+
+MAX_CREDIT = 4.0
+MIN_CREDIT = -2.0  # borrowing for cuts: at most two key frames over the budget, then earned back
+DUE = 0.5  # with one key frame's credit, refresh at this fraction of the usual drift
+CUT = 3.0  # drift this many times faster than usual since the key frame: a cut, refresh even over budget
+EPS = 1e-9  # credit is a sum of 1/target steps: compare with a little slack
+UNIT_OUTLIER = 3.0  # per-frame drift counts at most this many units when the unit is updated
+UNIT_MOMENTUM = 0.97  # slow: the unit is the video's typical drift, not the last few frames'
+
+
+def drift_score(a, a_ref) -> float:
+    """Relative L1 change of head features against the reference's."""
+    return float((a - a_ref).abs().mean() / a_ref.abs().mean().clamp_min(1e-8))
+
+
+class AdaptiveInterval:
+    """Refresh the reference when the video says so, not every N frames.
+
+    A fixed interval spends a full teacher pass every N frames whatever happens: on a static
+    stretch it refreshes for nothing, and after a scene cut it keeps predicting from a reference
+    that shows another scene for up to N - 1 frames (the limit the Shortcut-V2V paper names).
+    This schedule decides per frame from a cheap drift signal (for Shortcut-V2V the relative
+    change of the frame's head features against the key frame's, :func:`drift_score`; the head
+    runs on every frame anyway, so it costs one pass over a feature map and no MACs):
+
+    * it keeps a running *unit*, the typical drift per frame of this video (a slow average of
+      ``drift / frames since the key frame``, each sample clipped at 3 units so a cut only
+      nudges it), so the rule needs no per-video tuning; ``usual = target x unit`` is the drift
+      a fixed interval of ``target`` tolerates on steady motion;
+    * *credit* is the key-frame budget: ``+1 / target`` per frame, ``-1`` per key frame, at most
+      4. Within budget (credit >= 0) it refreshes once the drift reaches ``usual / 2 x 2 ** (1 -
+      credit)``: about every ``target`` frames on steady motion, later on static stretches (the
+      credit saved lowers the threshold afterwards, so key frames are spent where things move);
+    * over budget only a *cut* refreshes: drift 3x faster than usual since the key frame. It
+      borrows, down to a credit of -2, so at most two key frames beyond the fixed interval's
+      count over a whole video, earned back before the next drift-triggered refresh;
+    * ``max_interval`` forces a refresh however small the drift (a bound on staleness).
+
+    So the long-run key-frame rate, and with it the amortised cost, is that of the fixed interval
+    ``target`` (plus at most two), and a scene cut refreshes at once. Measured against the fixed
+    interval at equal cost: ``benchmarks/adaptive_refresh.py``. State: a plain dict per video
+    (``since``, ``credit``, ``unit``).
+    """
+
+    lookahead = 0
+    min_frames = 2
+    reads = "drift"
+
+    def __init__(self, target: float = 3, max_interval: int | None = None):
+        if not target >= 1:
+            raise UserError(f"the target key-frame interval must be >= 1, not {target}.")
+        self.target = float(target)
+        self.max_interval = int(max_interval) if max_interval is not None else max(2, math.ceil(2 * self.target))
+        if self.max_interval < 1:
+            raise UserError(f"the maximum key-frame interval must be >= 1, not {max_interval}.")
+
+    @property
+    def interval(self) -> float:
+        return self.target
+
+    @property
+    def max_gap(self) -> int:
+        return self.max_interval
+
+    @property
+    def spec(self) -> str:
+        return f"auto:target={self.target:g},max={self.max_interval}"
+
+    def init_state(self) -> None:
+        return None  # before the first frame
+
+    def start(self) -> dict[str, float | None]:
+        """The rule's state after the first key frame of a video."""
+        return {"credit": 0.0, "unit": None}
+
+    def push(self, drift: float | None, state: dict | None) -> tuple[list[bool], dict]:
+        if state is None:  # the first frame
+            return [True], {"since": 1, **self.start()}
+        key, rule = self.decide(state["since"], drift, {"credit": state["credit"], "unit": state["unit"]})
+        return [key], {"since": 1 if key else state["since"] + 1, **rule}
+
+    def flush(self, state: dict | None) -> list[bool]:
+        return []
+
+    def decide(self, since_key: int, score: float, state: dict) -> tuple[bool, dict]:
+        """Whether the frame ``since_key`` frames after the last key frame, whose drift is
+        ``score``, becomes a key frame; and the rule's new state (``credit``, ``unit``)."""
+        credit = state["credit"] + 1.0 / self.target
+        unit = state["unit"]
+        usual = self.target * unit if unit is not None else None
+        if since_key >= self.max_interval:
+            key = True
+        elif usual is None:
+            key = since_key >= self.target
+        elif credit >= -EPS:  # within budget: refresh at the usual drift, sooner with credit saved
+            key = score >= DUE * usual * 2.0 ** (1.0 - credit)
+        elif credit >= MIN_CREDIT + 1 - EPS:  # over budget: only a cut borrows a key frame
+            key = score >= CUT * unit * since_key
+        else:
+            key = False
+        per_frame = score / since_key
+        if unit is None:
+            unit = per_frame
+        else:  # clipped, so a cut nudges the unit instead of resetting it
+            unit = UNIT_MOMENTUM * unit + (1 - UNIT_MOMENTUM) * min(per_frame, UNIT_OUTLIER * unit)
+        if key:
+            credit -= 1.0
+        credit = min(credit, MAX_CREDIT)
+        return key, {"credit": credit, "unit": unit}
+
+
+# ---------------------------------------------------------------------------------------------
+# break-even refresh (sparse)
+
+
+class BreakEven:
+    """A dense pass whenever the sparse one would cost more than ``break_even`` of it (the
+    signal, evaluated only when needed), and at least every ``max_interval`` frames: frozen
+    normalisation statistics drift from the true ones as the content moves, and this bounds
+    the drift. State: frames since the last key frame (None before the first)."""
+
+    lookahead = 0
+    min_frames = 1
+    reads = "cost"
+
+    def __init__(self, max_interval: int = 8, break_even: float = 0.5):
+        if int(max_interval) != max_interval or max_interval < 1:
+            raise UserError(f"the maximum interval must be a whole number >= 1, not {max_interval}.")
+        if not 0 < break_even <= 1:
+            raise UserError(f"break_even must be a fraction in (0, 1], not {break_even}.")
+        self.max_interval, self.break_even = int(max_interval), float(break_even)
+
+    @property
+    def interval(self) -> int:
+        return self.max_interval
+
+    @property
+    def max_gap(self) -> int:
+        return self.max_interval
+
+    @property
+    def spec(self) -> str:
+        return f"break-even:{self.break_even:g},max={self.max_interval}"
+
+    def init_state(self) -> None:
+        return None
+
+    def push(self, cost: Callable[[], float], state: int | None) -> tuple[list[bool], int]:
+        key = state is None or state >= self.max_interval or cost() > self.break_even
+        return [key], 1 if key else state + 1
+
+    def flush(self, state: int | None) -> list[bool]:
         return []
 
 
@@ -350,7 +517,7 @@ class OnlineKeys:
 def register_keyframes(name: str, factory: Callable[..., Any]) -> None:
     """Make ``--keyframes NAME[:OPTIONS]`` build ``factory(options: str, interval: int | None)``.
 
-    The hook for schedules written elsewhere (``auto``, in ``fastv2v.methods.adaptive``): the
+    The hook for schedules written elsewhere (``auto``, in ``fastv2v.methods.schedules``): the
     factory returns a schedule (the protocol above) or an online rule with ``is_key``.
     """
     _SPECS[name] = factory
@@ -372,6 +539,8 @@ def parse_keyframes(spec: Any = None, interval: int | None = None) -> Any:
     if spec is None or (isinstance(spec, str) and spec.strip() in ("", "fixed")):
         return FixedKeys(4 if interval is None else interval)
     if not isinstance(spec, str):
+        if getattr(spec, "reads", None) == "drift":
+            return OnlineKeys(spec)
         if all(hasattr(spec, a) for a in ("init_state", "push", "flush")):
             return spec
         if hasattr(spec, "is_key"):
@@ -398,21 +567,14 @@ def parse_keyframes(spec: Any = None, interval: int | None = None) -> Any:
 
 
 def _auto(rest: str, interval: int | None) -> Any:
-    """``auto``: what ``fastv2v.methods.adaptive`` registers, or its ``AdaptiveInterval`` with the
-    interval as the average gap (``auto:max=N`` sets its maximum gap)."""
-    try:
-        import fastv2v.methods.adaptive as adaptive
-    except ImportError:
-        adaptive = None
+    """``auto``: :class:`AdaptiveInterval` on picture drift with the interval as the average gap
+    (``auto:max=N`` sets its maximum gap), unless something else registered ``auto``."""
     if "auto" in _SPECS:
         return parse_keyframes(_SPECS["auto"](rest, interval))
-    if adaptive is None or not hasattr(adaptive, "AdaptiveInterval"):
-        raise UserError("--keyframes auto needs the adaptive schedule (fastv2v.methods.adaptive), which this "
-                        "install does not have; use fixed:N or peaks.")  # fmt: skip
     options = _options(rest, f"auto:{rest}")
     if set(options) - {"max"}:
         raise UserError(f"unknown option in --keyframes 'auto:{rest}'; auto takes max (e.g. auto:max=12).")
-    return OnlineKeys(adaptive.AdaptiveInterval(4 if interval is None else interval, options.get("max")))
+    return OnlineKeys(AdaptiveInterval(4 if interval is None else interval, options.get("max")))
 
 
 def _options(text: str, spec: str) -> dict[str, int]:

@@ -3,11 +3,12 @@
 In a fixed-camera clip most of each frame equals the last, so most of every layer's output
 does too. A key frame runs the teacher (its exact output) and caches every layer's input with
 the norm statistics frozen; each following frame recomputes only the tiles of each layer that
-its input changes can reach, and reuses the cache elsewhere. The engine is
+its input changes can reach, and reuses the cache elsewhere. The engine is the package
 :mod:`fastv2v.methods.sparse_engine`; this module is the online method around it: when to
 take a key frame, and what each frame cost.
 
-A frame becomes a key frame (a dense teacher pass that also refreshes the frozen statistics)
+A frame becomes a key frame (a dense teacher pass that also refreshes the frozen statistics;
+the schedule is :class:`~fastv2v.methods.schedules.BreakEven`, with the size check here)
 when
 
 * it is the first, or its size changed;
@@ -25,6 +26,7 @@ real MACs per frame.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -33,10 +35,10 @@ import torch
 
 from fastv2v.errors import UserError
 from fastv2v.generators.base import SplitGenerator
-from fastv2v.methods.base import OnlineMethod, register
+from fastv2v.methods.base import OnlineMethod, register, teacher_of, whole_interval
+from fastv2v.methods.schedules import BreakEven
 from fastv2v.methods.sparse_engine import (
     FrameStats,
-    Schedule,
     SparseCache,
     SparseRunner,
     run_freezing_norms,
@@ -57,7 +59,7 @@ class SparseState:
     """Per-video state of :class:`SparseMethod`. ``cache`` is updated in place by each step,
     so a state passed to ``step`` must not be reused afterwards (use the returned one)."""
 
-    since_key: int | None = None
+    schedule: int | None = None  # the BreakEven schedule's state
     cache: SparseCache | None = None
     head_affines: list | None = None  # part="body": the head's norms, frozen at the key frame
     last: FrameStats | None = None
@@ -100,8 +102,7 @@ class SparseMethod(OnlineMethod):
         super().__init__(teacher, max_interval)
         if part not in ("all", "body"):
             raise UserError(f"the sparse part must be 'all' or 'body', not {part!r}.")
-        if not 0 < break_even <= 1:
-            raise UserError(f"break_even must be a fraction in (0, 1], not {break_even}.")
+        self.schedule = BreakEven(max_interval, break_even)
         self.part, self.break_even = part, float(break_even)
         self.options: dict[str, Any] = dict(
             threshold=threshold, dilation=dilation, reach=reach, feature_threshold=feature_threshold,
@@ -111,9 +112,23 @@ class SparseMethod(OnlineMethod):
         self.runner = SparseRunner(teacher.body if body else teacher.model, input_is_feature=body, **self.options)
         self._dense_parts: dict[tuple, tuple[tuple[int, int], tuple[int, int]]] = {}
 
+    SETTINGS = ("interval", "threshold")
+
+    @classmethod
+    def from_model(cls, model: Any, *, interval: int | None = None, threshold: float | None = None) -> "SparseMethod":
+        """On a loaded model's teacher: ``interval`` is the most frames between dense passes
+        (default 8), ``threshold`` the input change that counts (default 0: exact)."""
+        threshold = 0.0 if threshold is None else float(threshold)
+        if not threshold >= 0:  # NaN too: it would turn every comparison false and break exactness
+            raise UserError(f"the sparse threshold must be a number >= 0, not {threshold}.")
+        return cls(teacher_of(model), whole_interval(interval, 8), threshold=threshold)
+
+    def settings(self) -> dict[str, Any]:
+        return {"interval": self.max_interval, "threshold": self.options["threshold"]}
+
     @property
     def max_interval(self) -> int:
-        return self.schedule.interval
+        return self.schedule.max_interval
 
     def init_state(self) -> SparseState:
         return SparseState()
@@ -126,36 +141,30 @@ class SparseMethod(OnlineMethod):
 
     def step(self, x: torch.Tensor, state: SparseState) -> tuple[torch.Tensor, SparseState, bool]:
         start = time.perf_counter()
-        t = self.teacher
+        t, body = self.teacher, self.part == "body"
         with torch.no_grad():
             cache, head_affines = state.cache, state.head_affines
-            key = (
-                cache is None
-                or state.since_key is None
-                or self.schedule.is_key(state.since_key)
-                or (self.part == "all" and (cache.plan.shape != tuple(x.shape) or cache.ref.device != x.device))
-            )
-            if self.part == "body":
-                # the head's norms are frozen too, or every head output pixel would move with
-                # the statistics and the body would see the whole frame as changed
-                if key:
-                    a, head_affines = run_freezing_norms(t.head, x)
-                else:
-                    a = run_frozen(t.head, x, head_affines)
-                    key = cache.plan.shape != tuple(a.shape) or cache.ref.device != a.device
-                    if key:
-                        a, head_affines = run_freezing_norms(t.head, x)
-            else:
+            changed = cache is None or (not body and (cache.plan.shape != tuple(x.shape) or cache.ref.device != x.device))
+            sparse: dict[str, Any] = {}
+
+            def cost() -> float:
+                """The predicted fraction of a dense pass (the break-even schedule's signal)."""
                 a = x
-            schedule: Schedule | None = None
+                if body:  # the head's norms are frozen too, or every head output pixel would move with them
+                    a = run_frozen(t.head, x, head_affines)
+                    sparse["head"] = True
+                    if cache.plan.shape != tuple(a.shape) or cache.ref.device != a.device:
+                        return math.inf
+                sparse["a"], sparse["schedule"] = a, self.runner.schedule(a, cache)
+                return sparse["schedule"].mac_fraction
+
+            (key,), schedule = self.schedule.push((lambda: math.inf) if changed else cost, state.schedule)
             heads = 1
-            if not key:
-                schedule = self.runner.schedule(a, cache)
-                key = schedule.mac_fraction > self.break_even
-                if key and self.part == "body":  # a key frame runs the real head (a second head)
-                    a, head_affines = run_freezing_norms(t.head, x)
-                    heads = 2
             if key:
+                a = x
+                if body:  # the real head (a second one when the frozen head ran for the signal)
+                    a, head_affines = run_freezing_norms(t.head, x)
+                    heads += int(sparse.get("head", False))
                 f, cache = self.runner.key(a, cache)
                 plan = cache.plan
                 stats = FrameStats(
@@ -165,9 +174,9 @@ class SparseMethod(OnlineMethod):
                 )  # fmt: skip
             else:
                 # the dense tail consumes the body output at once: no copy of the cache needed
-                f, stats = self.runner.update(a, cache, schedule, copy=self.part == "all")
-            y = t.tail(f) if self.part == "body" else f
-        if self.part == "body":
+                f, stats = self.runner.update(sparse["a"], cache, sparse["schedule"], copy=not body)
+            y = t.tail(f) if body else f
+        if body:
             head, tail = self._head_tail_macs(tuple(x.shape))
             stats.macs_exact += heads * head[0] + tail[0]
             stats.macs_paper += heads * head[1] + tail[1]
@@ -180,8 +189,7 @@ class SparseMethod(OnlineMethod):
         totals["macs_exact"] += stats.macs_exact
         totals["macs_paper"] += stats.macs_paper
         totals["seconds"] += stats.total_s
-        since = 1 if key else state.since_key + 1
-        return y, SparseState(since_key=since, cache=cache, head_affines=head_affines, last=stats, totals=totals), key
+        return y, SparseState(schedule=schedule, cache=cache, head_affines=head_affines, last=stats, totals=totals), key
 
     def _head_tail_macs(self, shape: tuple[int, ...]) -> tuple[tuple[int, int], tuple[int, int]]:
         """(exact, paper) MACs of the dense head and of the dense tail at this input shape, from

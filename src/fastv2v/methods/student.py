@@ -34,20 +34,22 @@ import torch
 from fastv2v.errors import UserError
 from fastv2v.generators.base import SplitGenerator
 from fastv2v.generators.student import SpatialStudent, student_from_teacher
-from fastv2v.methods.base import OnlineMethod, StreamState, register
+from fastv2v.methods.base import OnlineMethod, StreamState, kernel_choice, register, whole_interval
 from fastv2v.methods.interpolate import Interp
-from fastv2v.methods.student_model import DEFAULT_INTERVAL, KIND, StudentModel, check_compatible, load_student
+from fastv2v.methods.student_model import DEFAULT_INTERVAL, KIND, StudentModel, check_compatible
+from fastv2v.metrics.profile import count_parameters
 
 __all__ = ["Fast", "Spatial", "StudentRunner"]
 
 
 class StudentRunner:
-    """``runner(x)`` = ``student(x)`` for inference, with the fast CPU tail. Follows the input's
-    device (the engine moves only the teacher)."""
+    """``runner(x)`` = ``student(x)`` for inference; with ``kernels="fast"`` (opt-in) the tail
+    runs the CPU fast kernels. Follows the input's device (the engine moves only the teacher)."""
 
-    def __init__(self, student: SpatialStudent):
+    def __init__(self, student: SpatialStudent, kernels: str = "torch"):
         self.student = student
-        self._tail = None
+        self.kernels = kernel_choice(kernels)
+        self._tail = None if self.kernels == "fast" else student.tail
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         s = self.student
@@ -73,10 +75,6 @@ def _student_for(teacher: SplitGenerator, student: SpatialStudent | None, kwargs
     return student.eval()
 
 
-def _params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 @register
 class Spatial(OnlineMethod):
     """The spatial student on every frame (Fast-Vid2Vid's spatial compression alone)."""
@@ -86,36 +84,30 @@ class Spatial(OnlineMethod):
     uses_interval = False
 
     def __init__(self, teacher: SplitGenerator, interval: int = 1, student: SpatialStudent | None = None,
-                 **student_kwargs):  # fmt: skip
+                 kernels: str = "torch", **student_kwargs):  # fmt: skip
         super().__init__(teacher, 1)
         self.student = _student_for(teacher, student, student_kwargs)
-        self.run = StudentRunner(self.student)
+        self.run = StudentRunner(self.student, kernels)
+
+    batchable = True  # stateless: a batch of frames runs in one call (the engine's --batch)
+    SETTINGS = ("kernels",)
 
     @classmethod
-    def from_model(cls, path, *, interval: int | None = None, device: str | torch.device = "cpu",
-                   teacher: SplitGenerator | None = None) -> "Spatial":  # fmt: skip
-        """From a student model file; ``interval`` is accepted (the benchmark passes one) and
-        unused; ``teacher``, when given, must be the file's teacher."""
-        return cls.from_bundle(load_student(path, device=device, teacher=teacher))
+    def from_model(cls, model: Any, *, kernels: str | None = None) -> "Spatial":
+        """From a student model file's bundle: every frame runs the student."""
+        return cls(model.teacher, student=_trained_student(model, cls.name), kernels=kernel_choice(kernels))
 
-    @classmethod
-    def from_bundle(cls, model: StudentModel, interval: Any = None, keyframes: Any = None) -> "Spatial":
-        """From a loaded bundle, with the command line's ``--interval``/``--keyframes`` (which
-        ``spatial`` does not take: every frame runs the student)."""
-        if interval is not None or keyframes is not None:
-            raise UserError("--method spatial runs the student on every frame and takes no --interval or "
-                            "--keyframes; use --method fast for key frames and interpolation.")  # fmt: skip
-        return cls(model.teacher, student=model.student)
+    def settings(self) -> dict[str, Any]:
+        return {"kernels": self.run.kernels}
 
     def parameter_count(self) -> int:
-        return _params(self.student)  # the teacher only rides along in the file; it never runs
+        return count_parameters(self.student)  # the teacher only rides along in the file; it never runs
 
     def step(self, x: torch.Tensor, state: StreamState) -> tuple[torch.Tensor, StreamState, bool]:
         return self.run(x), state, True
 
-    def __call__(self, x: torch.Tensor, state: StreamState) -> tuple[torch.Tensor, StreamState]:
-        """Stateless, so a whole batch runs in one call."""
-        return self.run(x), state
+    def push(self, x: torch.Tensor, state: StreamState):
+        return [(y, True) for y in self.run(x).split(1)], state
 
     def non_key_path(self):
         return self.run
@@ -144,39 +136,48 @@ class Fast(Interp):
     model_kind = KIND
     uses_interval = True
 
+    SETTINGS = ("interval", "keyframes", "kernels")
+
     def __init__(self, teacher: SplitGenerator, interval: int = DEFAULT_INTERVAL, keyframes: Any = None, *,
-                 student: SpatialStudent | None = None, student_kwargs: dict | None = None,
+                 student: SpatialStudent | None = None, student_kwargs: dict | None = None, kernels: str = "torch",
                  **interp_kwargs):  # fmt: skip
         interp_kwargs.setdefault("flow", "keys")
         interp_kwargs.setdefault("preset", "fast")
         super().__init__(teacher, interval, keyframes, **interp_kwargs)
         self.student = _student_for(teacher, student, dict(student_kwargs or {}))
-        self.run = StudentRunner(self.student)
+        self.run = StudentRunner(self.student, kernels)
 
     @classmethod
-    def from_model(cls, path, *, interval: int | None = None, device: str | torch.device = "cpu",
-                   teacher: SplitGenerator | None = None, keyframes: Any = None) -> "Fast":  # fmt: skip
-        """From a student model file; ``interval`` None: the file's; ``teacher``, when given, must
-        be the file's teacher."""
-        return cls.from_bundle(load_student(path, device=device, teacher=teacher), interval, keyframes)
-
-    @classmethod
-    def from_bundle(cls, model: StudentModel, interval: Any = None, keyframes: Any = None) -> "Fast":
+    def from_model(cls, model: Any, *, interval: int | None = None, keyframes: Any = None,
+                   kernels: str | None = None) -> "Fast":  # fmt: skip
+        """From a student model file's bundle; ``interval`` None: the file's."""
         if interval == "auto":
             raise UserError("--interval auto is for --method shortcut; for --method fast use --keyframes auto "
                             "(adaptive key frames) or a whole-number --interval.")  # fmt: skip
-        return cls(model.teacher, model.interval if interval is None else interval, keyframes,
-                   student=model.student)  # fmt: skip
+        student = _trained_student(model, cls.name)
+        return cls(model.teacher, whole_interval(interval, model.interval), keyframes, student=student,
+                   kernels=kernel_choice(kernels))  # fmt: skip
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "kernels": self.run.kernels}
 
     def key_output(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)
 
     def parameter_count(self) -> int:
-        return _params(self.student)
+        return count_parameters(self.student)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "student": _summary(self.student)}
 
+
+
+def _trained_student(model: Any, name: str) -> SpatialStudent:
+    """The distilled student of a student bundle; a plain generator has none to offer."""
+    if not isinstance(model, StudentModel):
+        raise UserError(f"--method {name} needs a distilled student model file (made by `fastv2v distill student`), "
+                        "not a plain generator; pass that file with --model.")  # fmt: skip
+    return model.student
 
 
 def _summary(student: SpatialStudent) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fastv2v.bundle import check_teacher as _check_teacher
-from fastv2v.bundle import info_of, load_parts, read_bundle, save_bundle
+from fastv2v.bundle import info_of, load_parts, method_settings, read_bundle, save_bundle
 from fastv2v.errors import UserError
 from fastv2v.generators import build_generator
 from fastv2v.generators.base import SplitGenerator
@@ -48,7 +48,7 @@ class StudentModel(nn.Module):
     kind = KIND
 
     def __init__(self, teacher: SplitGenerator, student: SpatialStudent, interval: int = DEFAULT_INTERVAL,
-                 info: dict | None = None):  # fmt: skip
+                 info: dict | None = None, method: dict | None = None):  # fmt: skip
         super().__init__()
         check_compatible(teacher, student)
         if int(interval) != interval or interval < 1:
@@ -56,6 +56,7 @@ class StudentModel(nn.Module):
         self.teacher, self.student = teacher, student
         self.interval = int(interval)
         self.info = dict(info or {})
+        self.method = {"name": "fast", "interval": self.interval, **(method or {})}  # the file's default method
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
@@ -63,7 +64,7 @@ class StudentModel(nn.Module):
 
 def save_student(path: str | os.PathLike, model: StudentModel) -> None:
     """Write the bundle atomically (teacher compacted to float16 where lossless, student float32)."""
-    save_bundle(path, KIND, model.teacher, "student", model.student, model.interval, model.info)
+    save_bundle(path, KIND, model.teacher, "student", model.student, model.interval, model.method, model.info)
 
 
 def load_student(
@@ -79,7 +80,9 @@ def load_student(
         raise UserError(f"{path} is damaged: its configuration cannot be built ({exc}).") from None
     load_parts(path, tensors, {"teacher": g, "student": s})
     check_compatible(g, s, f"{path}'s student")
-    model = StudentModel(g, s, config.get("interval", DEFAULT_INTERVAL), info_of(config, "student"))
+    interval = config.get("interval", DEFAULT_INTERVAL)
+    method = method_settings(config, {"name": "fast", "interval": interval})
+    model = StudentModel(g, s, interval, info_of(config, "student"), method)
     if teacher is not None:
         check_teacher(model, teacher, path)
     return model.eval().to(device)

@@ -12,8 +12,8 @@ import torch
 
 from fastv2v.errors import UserError
 from fastv2v.generators.base import SplitGenerator
-from fastv2v.methods.adaptive import AdaptiveInterval, drift_score
-from fastv2v.methods.base import OnlineMethod, StreamState, register
+from fastv2v.methods.schedules import AdaptiveInterval, drift_score
+from fastv2v.methods.base import OnlineMethod, StreamState, kernel_choice, register, whole_interval
 from fastv2v.methods.shortcut.block import ShortcutBlock
 
 __all__ = ["ShortcutAuto", "ShortcutMethod"]
@@ -38,7 +38,7 @@ class ShortcutMethod(OnlineMethod):
 
     ``block`` defaults to a freshly initialised :class:`ShortcutBlock` sized for the teacher
     (untrained: for profiling and tests; load trained weights into ``method.block``).
-    ``interval="auto"`` (or an :class:`~fastv2v.methods.adaptive.AdaptiveInterval` as
+    ``interval="auto"`` (or an :class:`~fastv2v.methods.schedules.AdaptiveInterval` as
     ``schedule``) refreshes the reference when the head features drift, at the average cost of
     the fixed interval ``target`` (default 3). ``reuse_below``: a non-key frame whose head
     features drifted less than this from the key frame's (:func:`drift_score`) shows the key
@@ -58,6 +58,7 @@ class ShortcutMethod(OnlineMethod):
         *,
         schedule: AdaptiveInterval | None = None,
         reuse_below: float = 0.0,
+        kernels: str = "torch",
         **block_kwargs,
     ):
         if interval == "auto":
@@ -81,33 +82,51 @@ class ShortcutMethod(OnlineMethod):
             )
         self.block = block
         self.reuse_below = float(reuse_below)
+        self.kernels = kernel_choice(kernels)
         self._fast: tuple[Callable, Callable] | None = None
 
     @property
     def fast_parts(self) -> tuple[Callable, Callable]:
-        """``(head, tail)`` for non-key frames: the teacher's head and tail, equal to float
-        rounding and faster on the CPU (:mod:`fastv2v.generators.fast_parts`; elsewhere, and
-        under the MAC counter, they run the plain modules). Key frames never use them, so they
-        stay bit-identical to the teacher."""
+        """``(head, tail)`` for non-key frames: the teacher's own modules, or with ``kernels=
+        "fast"`` (opt-in) the CPU kernels of :mod:`fastv2v.generators.fast_parts`, equal to float
+        rounding and faster on the CPU (elsewhere, and under the MAC counter, they run the plain
+        modules). Key frames never use them, so they stay bit-identical to the teacher."""
         if self._fast is None:
-            from fastv2v.generators.fast_parts import fast_head, fast_tail
+            if self.kernels == "fast":
+                from fastv2v.generators.fast_parts import fast_head, fast_tail
 
-            self._fast = (fast_head(self.teacher, channels_last=True), fast_tail(self.teacher))
+                self._fast = (fast_head(self.teacher, channels_last=True), fast_tail(self.teacher))
+            else:
+                self._fast = (self.teacher.head, self.teacher.tail)
         return self._fast
+
+    SETTINGS = ("interval", "max_interval", "reuse_below", "kernels")
 
     @classmethod
     def from_model(
-        cls, path, *, interval: int | None = None, device: str | torch.device = "cpu", teacher: SplitGenerator | None = None
+        cls, model: Any, *, interval: int | str | None = None, max_interval: int | None = None,
+        reuse_below: float | None = None, kernels: str | None = None,
     ) -> "ShortcutMethod":
-        """The method from a Shortcut-V2V model file (teacher + block + default interval);
-        ``interval`` None uses the file's; ``teacher``, when given, must be the file's teacher."""
-        from fastv2v.methods.shortcut.model_file import load_shortcut
-
-        model = load_shortcut(path, device=device, teacher=teacher)
-        gate = model.info.get("reuse_below", 0.0)
+        """From a Shortcut-V2V bundle (teacher + trained block): ``interval`` None is the
+        interval the block was trained for, ``"auto"`` the adaptive refresh at that average
+        (``max_interval``: its bound); ``reuse_below``: the reuse gate (the file stores the
+        calibrated one); ``kernels``: ``torch`` (default) or ``fast`` (the CPU fast head and tail)."""
+        block = _trained_block(model, cls.name)
+        gate = 0.0 if reuse_below is None else float(reuse_below)
+        kernels = kernel_choice(kernels)
         if interval == "auto":
-            return cls(model.teacher, block=model.block, schedule=AdaptiveInterval(model.interval), reuse_below=gate)
-        return cls(model.teacher, model.interval if interval is None else interval, block=model.block, reuse_below=gate)
+            schedule = AdaptiveInterval(model.interval, max_interval)
+            return cls(model.teacher, block=block, schedule=schedule, reuse_below=gate, kernels=kernels)
+        if max_interval is not None:
+            raise UserError("--max-interval bounds --interval auto; give it with --interval auto.")
+        return cls(model.teacher, whole_interval(interval, model.interval), block=block, reuse_below=gate,
+                   kernels=kernels)  # fmt: skip
+
+    def settings(self) -> dict[str, Any]:
+        common = {"reuse_below": self.reuse_below, "kernels": self.kernels}
+        if self.adaptive:
+            return {"interval": "auto", "max_interval": self.schedule.max_interval, **common}
+        return {"interval": self.interval, **common}
 
     def _prepared(self, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         n = len(self.PREFIX)
@@ -129,18 +148,17 @@ class ShortcutMethod(OnlineMethod):
     def step(self, x: torch.Tensor, state: StreamState) -> tuple[torch.Tensor, StreamState, bool]:
         if not self.adaptive:
             return super().step(x, state)
-        if state.since_key is None:
-            y, reference = self.key_frame(x)
-            return y, StreamState(since_key=1, reference=reference, schedule=self.schedule.start()), True
-        a = self.fast_parts[0](x)
-        self._check_frame(x, a)
-        score = drift_score(a, state.reference["a"])
-        key, schedule = self.schedule.decide(state.since_key, score, state.schedule)
+        a = score = None
+        if state.reference:  # the drift of the head features from the key frame's: the schedule's signal
+            a = self.fast_parts[0](x)
+            self._check_frame(x, a)
+            score = drift_score(a, state.reference["a"])
+        (key,), schedule = self.schedule.push(score, state.schedule)
         if key:  # the plain head again: key frames are the teacher's own ops, bit for bit
             y, reference = self.key_frame(x)
-            return y, StreamState(since_key=1, reference=reference, schedule=schedule), True
+            return y, StreamState(reference, schedule), True
         y = self.non_key_frame(x, state.reference, a, drift=score)
-        return y, StreamState(since_key=state.since_key + 1, reference=state.reference, schedule=schedule), False
+        return y, StreamState(state.reference, schedule), False
 
     def key_frame(self, x: torch.Tensor, a: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         y, reference = super().key_frame(x, a)
@@ -225,13 +243,30 @@ class ShortcutAuto(ShortcutMethod):
 
     name = "shortcut_auto"
 
-    def __init__(self, teacher: SplitGenerator, interval: int = 3, block: ShortcutBlock | None = None, **kwargs):
-        super().__init__(teacher, block=block, schedule=AdaptiveInterval(interval), **kwargs)
+    def __init__(self, teacher: SplitGenerator, interval: int = 3, block: ShortcutBlock | None = None, *,
+                 max_interval: int | None = None, **kwargs):  # fmt: skip
+        super().__init__(teacher, block=block, schedule=AdaptiveInterval(interval, max_interval), **kwargs)
 
     @classmethod
-    def from_model(cls, path, *, interval=None, device="cpu", teacher=None) -> "ShortcutAuto":
-        from fastv2v.methods.shortcut.model_file import load_shortcut
+    def from_model(
+        cls, model: Any, *, interval: int | None = None, max_interval: int | None = None,
+        reuse_below: float | None = None, kernels: str | None = None,
+    ) -> "ShortcutAuto":
+        """``interval``: the target average interval (None: the one the block was trained for)."""
+        target = whole_interval(interval, model.interval)
+        gate = 0.0 if reuse_below is None else float(reuse_below)
+        return cls(model.teacher, target, block=_trained_block(model, cls.name), reuse_below=gate,
+                   max_interval=max_interval, kernels=kernel_choice(kernels))  # fmt: skip
 
-        model = load_shortcut(path, device=device, teacher=teacher)
-        interval = model.interval if interval is None else interval
-        return cls(model.teacher, interval, block=model.block, reuse_below=model.info.get("reuse_below", 0.0))
+    def settings(self) -> dict[str, Any]:
+        return {"interval": self.schedule.target, "max_interval": self.schedule.max_interval,
+                "reuse_below": self.reuse_below, "kernels": self.kernels}  # fmt: skip
+
+
+def _trained_block(model: Any, name: str) -> ShortcutBlock:
+    """The trained block of a Shortcut-V2V bundle; a plain generator has none to offer."""
+    block = getattr(model, "block", None)
+    if not isinstance(block, ShortcutBlock):
+        raise UserError(f"--method {name} needs a trained Shortcut-V2V model file (made by `fastv2v distill "
+                        "shortcut`), not a plain generator; pass that file with --model.")  # fmt: skip
+    return block

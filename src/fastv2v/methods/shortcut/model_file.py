@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fastv2v.bundle import check_teacher as _check_teacher
-from fastv2v.bundle import info_of, load_parts, read_bundle, save_bundle, teacher_fingerprint
+from fastv2v.bundle import info_of, load_parts, method_settings, read_bundle, save_bundle, teacher_fingerprint
 from fastv2v.errors import UserError
 from fastv2v.generators import build_generator
 from fastv2v.generators.base import SplitGenerator
@@ -26,11 +26,15 @@ KIND = "shortcut"
 class ShortcutModel(nn.Module):
     """A teacher and its Shortcut block. ``model.block(a_t=..., a_ref=..., f_ref=...)`` returns
     ``(predicted body features, extras)``; ``model.teacher`` is the full generator;
-    ``model.interval`` the key-frame interval the block was trained for."""
+    ``model.interval`` the key-frame interval the block was trained for; ``model.method`` the
+    method the file runs by default and its settings (``{"name": "shortcut", "interval": ...,
+    "reuse_below": ...}``; ``info["reuse_below"]``, where a trainer put its calibrated gate, is
+    taken as the default gate)."""
 
     kind = KIND
 
-    def __init__(self, teacher: SplitGenerator, block: ShortcutBlock, interval: int = 3, info: dict | None = None):
+    def __init__(self, teacher: SplitGenerator, block: ShortcutBlock, interval: int = 3, info: dict | None = None,
+                 method: dict | None = None):  # fmt: skip
         super().__init__()
         if block.feature_channels != teacher.feature_channels:
             raise UserError(
@@ -40,6 +44,8 @@ class ShortcutModel(nn.Module):
         self.teacher, self.block = teacher, block
         self.interval = int(interval)
         self.info = dict(info or {})
+        gate = float(self.info.pop("reuse_below", 0.0))
+        self.method = {"name": "shortcut", "interval": self.interval, "reuse_below": gate, **(method or {})}
 
     def forward(self, a_t: torch.Tensor, a_ref: torch.Tensor, f_ref: torch.Tensor):
         return self.block(a_t, a_ref, f_ref)
@@ -47,7 +53,7 @@ class ShortcutModel(nn.Module):
 
 def save_shortcut(path: str | os.PathLike, model: ShortcutModel) -> None:
     """Write the bundle atomically (teacher compacted to float16 where lossless, block float32)."""
-    save_bundle(path, KIND, model.teacher, "block", model.block, model.interval, model.info)
+    save_bundle(path, KIND, model.teacher, "block", model.block, model.interval, model.method, model.info)
 
 
 def load_shortcut(
@@ -60,7 +66,9 @@ def load_shortcut(
     g = build_generator(config["generator"]["arch"], **config["generator"])
     b = ShortcutBlock(**config["block"])
     load_parts(path, tensors, {"teacher": g, "block": b})
-    model = ShortcutModel(g, b, config.get("interval", 3), info_of(config, "block"))
+    interval = config.get("interval", 3)
+    defaults = {"name": "shortcut", "interval": interval, "reuse_below": 0.0}
+    model = ShortcutModel(g, b, interval, info_of(config, "block"), method_settings(config, defaults))
     if teacher is not None:
         check_teacher(model, teacher, path)
     return model.eval().to(device)

@@ -1,0 +1,180 @@
+"""The one assembler: a model file (or a loaded model) plus a method name and settings become a
+ready-to-run :class:`Pipeline`.
+
+Every command builds what it runs here (``translate``, ``bench``, ``demo``, the many-video
+engine, the ``tools/ship_*`` scripts), so a setting a model file stores (key-frame interval,
+the calibrated reuse gate, ...) is applied the same way everywhere. Settings are layered:
+
+1. the method class's defaults (``from_model``'s keyword defaults);
+2. the settings the model file stores for its own kind of method (``{"method": {...}}`` in the
+   file's metadata: :func:`fastv2v.bundle.method_settings`);
+3. the caller's overrides (command-line options or keywords); None means "not given".
+
+An override the method does not take is refused with one sentence (``--method spatial`` takes
+no ``--interval``); stored settings of another method are simply not used by this one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastv2v.errors import UserError
+from fastv2v.generators.base import SplitGenerator
+
+#: Command-line spelling of each setting, for messages.
+_OPTION = {"interval": "--interval", "max_interval": "--max-interval", "keyframes": "--keyframes",
+           "threshold": "--threshold", "reuse_below": "--reuse-below", "kernels": "--kernels"}  # fmt: skip
+
+
+def registry() -> dict[str, type]:
+    """Every registered method class by name (importing the methods registers them)."""
+    import fastv2v.methods  # noqa: F401  (registers every method module)
+    from fastv2v.methods.base import METHODS
+
+    return METHODS
+
+
+def method_names() -> list[str]:
+    return sorted(registry())
+
+
+def method_class(name: str) -> type:
+    methods = registry()
+    if name not in methods:
+        raise UserError(f"unknown method {name!r}; the registered methods are: {', '.join(sorted(methods))}.")
+    return methods[name]
+
+
+def takes(name: str, setting: str) -> bool:
+    """Whether the method has the setting (e.g. ``kernels``), for options that apply to some."""
+    return setting in getattr(method_class(name), "SETTINGS", ())
+
+
+def uses_interval(name: str) -> bool:
+    """Whether the method has a key-frame interval to sweep (the teacher and ``spatial`` do not)."""
+    return bool(getattr(method_class(name), "uses_interval", True))
+
+
+@dataclass
+class Pipeline:
+    """A teacher (it encodes inputs, decodes outputs, and is what outputs are judged against),
+    the method that stands in for it, and where they came from.
+
+    ``kind``: the model file's kind (``generator``, ``shortcut``, ``student``); ``label``: a
+    short name for reports; ``path``: the file (None: built from a model in memory).
+    """
+
+    teacher: SplitGenerator
+    method: Any
+    kind: str = "generator"
+    label: str = "model"
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.method.name
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The method's settings as resolved (what ``from_file`` with them would rebuild)."""
+        return dict(self.method.settings())
+
+    @property
+    def latency(self) -> int:
+        """Frames a buffered method holds back before their output is ready (0: online)."""
+        return int(getattr(self.method, "latency", 0) or 0)
+
+    @property
+    def min_frames(self) -> int:
+        return int(getattr(self.method, "min_frames", 1) or 1)
+
+    def describe(self) -> str:
+        shown = {k: v for k, v in self.settings.items() if v is not None}
+        text = ", ".join(f"{k} {v}" for k, v in shown.items())
+        return f"{self.name}" + (f" ({text})" if text else "") + f" on {self.label}"
+
+    def to(self, device: torch.device | str) -> "Pipeline":
+        self.teacher.to(device).eval()
+        for value in vars(self.method).values():
+            if isinstance(value, torch.nn.Module):
+                value.to(device).eval()
+        return self
+
+    # -- assembling ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_file(
+        cls, path: str | os.PathLike, method: str | None = None, *, device: str | torch.device = "cpu",
+        arch: str | None = None, label_nc: int | None = None, teacher: str | os.PathLike | None = None,
+        **overrides: Any,
+    ) -> "Pipeline":
+        """The pipeline a model file describes, with ``method`` (None: the file's own default:
+        ``shortcut`` for a Shortcut-V2V file, ``fast`` for a student file, ``teacher`` for a
+        generator) and ``overrides`` on top of the file's settings. ``arch`` / ``label_nc``:
+        for upstream generator files; ``teacher``: a teacher file that a bundle must have been
+        distilled from (refused otherwise)."""
+        from fastv2v.models import load_model
+
+        path = Path(path)
+        config = {} if label_nc is None else {"label_nc": label_nc}
+        model = load_model(path, device=device, arch=arch, **config)
+        if teacher is not None:
+            _check_teacher(model, teacher, path)
+        return cls.from_model(model, method, label=path.name, path=path, **overrides)
+
+    @classmethod
+    def from_model(
+        cls, model: Any, method: str | None = None, *, label: str | None = None, path: Path | None = None,
+        **overrides: Any,
+    ) -> "Pipeline":
+        """The pipeline for a loaded model: a :class:`SplitGenerator` or a bundle (its
+        ``.teacher`` plus a trained part and stored ``.method`` settings)."""
+        generator = model if isinstance(model, SplitGenerator) else model.teacher
+        kind = getattr(model, "kind", "generator") if not isinstance(model, SplitGenerator) else "generator"
+        stored = dict(getattr(model, "method", None) or {}) if kind != "generator" else {}
+        name = method or stored.pop("name", None) or "teacher"
+        stored.pop("name", None)
+        cls_ = method_class(name)
+        needs = getattr(cls_, "model_kind", None)
+        if needs is not None and needs != kind:
+            what = f"a {kind} model file" if kind != "generator" else "a plain generator"
+            raise UserError(f"--method {name} needs a trained {needs} model file (made by `fastv2v distill {needs}`), "
+                            f"and {label or 'the model'} is {what}; pass that file with --model.")  # fmt: skip
+        accepted = tuple(getattr(cls_, "SETTINGS", ()))
+        given = {k: v for k, v in overrides.items() if v is not None}
+        refused = [k for k in given if k not in accepted]
+        if refused:
+            takes = ", ".join(_OPTION.get(k, k) for k in accepted)
+            takes = f"it takes {takes} only" if takes else "it takes no settings"
+            raise UserError(f"{_OPTION.get(refused[0], refused[0])} does not apply to --method {name} ({takes}).")
+        settings = {k: v for k, v in stored.items() if k in accepted and needs == kind} if needs else {}
+        settings.update(given)
+        built = cls_.from_model(model, **settings)
+        return cls(generator.eval(), built, kind=kind, label=label or _label(generator), path=path)
+
+    @classmethod
+    def untrained(cls, generator: SplitGenerator, method: str, **kwargs: Any) -> "Pipeline":
+        """``method`` on ``generator`` with freshly initialised trained parts (an untrained
+        Shortcut block sized by ``hidden``, a student initialised from the teacher): for cost
+        profiles, which do not depend on the weights; its outputs mean nothing."""
+        return cls(generator.eval(), method_class(method)(generator, **kwargs), label=_label(generator))
+
+
+def _label(generator: SplitGenerator) -> str:
+    return f"{generator.config.get('arch', type(generator).__name__)} (in memory)"
+
+
+def _check_teacher(model: Any, teacher: str | os.PathLike, source: Path) -> None:
+    from fastv2v.bundle import check_teacher
+    from fastv2v.generators import load_generator
+
+    if isinstance(model, SplitGenerator):
+        raise UserError(f"--teacher checks a distilled model file against its teacher, and {source} is a plain "
+                        "generator; drop --teacher.")  # fmt: skip
+    part = "block" if model.kind == "shortcut" else "student"
+    check_teacher(model.teacher, load_generator(teacher), source, part)
