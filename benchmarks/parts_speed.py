@@ -5,6 +5,7 @@
     python benchmarks/parts_speed.py --threads 2 --reps 15
     python benchmarks/parts_speed.py --sizes 256x512:64 --no-block
     python benchmarks/parts_speed.py --quick               # tiny sizes: checks that it runs
+    python benchmarks/parts_speed.py --busy 1              # another process running torch meanwhile
 
 Randomly initialised ``resnet_9blocks`` teachers (weights do not change the speed), batch 1,
 fp32, ``torch.inference_mode()``. Every timed thing runs once per round, rounds interleaved,
@@ -20,12 +21,18 @@ output has a large mean and a tiny spread per channel, so the tail's InstanceNor
 float32 rounding: see ``err64``), and ``Nx the teacher's speed`` is a non-key frame's speed-up
 over the teacher. ``fast, CL head`` uses ``fast_head(g, channels_last=True)`` and times the
 block on that channels-last input (same values).
+
+``--busy N`` starts N other processes that run 2-thread torch matrix products for as long as the
+timing lasts: the shared-machine case, where every OpenMP parallel region of the timed code can
+wait for a descheduled worker (see :mod:`fastv2v.generators.fast_parts`). The fast parts never
+change torch's thread count; the script checks that after each size.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import multiprocessing
 import os
 import platform
 import statistics
@@ -36,6 +43,14 @@ import torch
 from fastv2v.generators.fast_parts import fast_head, fast_tail
 from fastv2v.generators.resnet import ResnetGenerator
 from fastv2v.methods.shortcut import ShortcutBlock
+
+
+def busy_loop() -> None:
+    """Another process's torch work: 2-thread matrix products, until terminated."""
+    torch.set_num_threads(2)
+    a = torch.randn(512, 512)
+    while True:
+        a = torch.tanh(a @ a.t() * 1e-3)
 
 
 def frame(h: int, w: int) -> torch.Tensor:
@@ -104,6 +119,7 @@ def run(
         load0 = os.getloadavg()[0]
         r = timed(fns, reps)
         load1 = os.getloadavg()[0]
+    assert torch.get_num_threads() == threads, "a fast part changed torch's thread count"
     print(f"\n## {h}x{w}, ngf {ngf}, {threads} thread(s)  (load average {load0:.1f} -> {load1:.1f})")
     print(
         f"{'part':<12} {'plain ms':>10} {'fast ms':>10} {'speed-up':>9}   {'(min plain':>10} {'min fast)':>10}"
@@ -143,6 +159,7 @@ def main() -> None:
     p.add_argument(
         "--quick", action="store_true", help="tiny sizes (fast path forced) and few rounds: checks that it runs"
     )
+    p.add_argument("--busy", type=int, default=0, help="other processes running 2-thread torch work meanwhile")
     args = p.parse_args()
     sizes = []
     for item in ("32x64:4" if args.quick else args.sizes).split(","):
@@ -152,9 +169,19 @@ def main() -> None:
     print(
         f"# parts_speed: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     )
-    for threads in (int(t) for t in args.threads.split(",")):
-        for size, ngf in sizes:
-            run(size, ngf, threads, reps, not args.no_block, args.blocks, 0 if args.quick else None)
+    busy = [multiprocessing.get_context("spawn").Process(target=busy_loop, daemon=True) for _ in range(args.busy)]
+    for proc in busy:
+        proc.start()
+    if busy:
+        print(f"# {len(busy)} other process(es) running 2-thread torch work meanwhile")
+    try:
+        for threads in (int(t) for t in args.threads.split(",")):
+            for size, ngf in sizes:
+                run(size, ngf, threads, reps, not args.no_block, args.blocks, 0 if args.quick else None)
+    finally:
+        for proc in busy:
+            proc.terminate()
+            proc.join()
 
 
 if __name__ == "__main__":

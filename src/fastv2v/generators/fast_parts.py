@@ -34,19 +34,19 @@ One difference besides rounding: with ``norm="none"`` the plain tail's in-place 
 overwrites its input ``f``; the fast tail leaves ``f`` alone.
 
 **What makes it faster** (each piece kept because it measured faster at 128x256 ngf 32 and
-256x512 ngf 64 with 1 thread, and not slower with 2, on a 2-core VM shared with other
-processes; ``benchmarks/parts_speed.py``):
+256x512 ngf 64, on a 2-core VM shared with other processes; ``benchmarks/parts_speed.py``):
 
 * *channels-last convolutions*: oneDNN's direct kernels are much faster on NHWC, above all
-  for ``ConvTranspose2d``, whose NCHW CPU path is a slow im2col/col2im. The head converts its
-  3-channel padded input (cheap) and gives NCHW back through one 2-D transposed copy
-  (``channels_last=True`` skips that copy and returns the channels-last tensor).
+  for ``ConvTranspose2d``, whose NCHW CPU path is a slow im2col/col2im. The head copies its
+  3-channel input into a reused channels-last padded buffer (border filled as the pad module
+  would) and gives NCHW back through one 2-D transposed copy (``channels_last=True`` skips that
+  copy and returns the channels-last tensor).
 * *InstanceNorm + ReLU in one pass*: ``relu((y - m) * r) == r * relu(y - m)`` for ``r > 0``, so
   the pass is ``_add_relu(y, -m)`` and ``r`` is folded into the next convolution's weights
   (per input channel; padding commutes with it: reflection copies values, zeros stay zero).
-  The statistics are exact (a shifted one-pass sum in cache-sized chunks, shift = a sampled
-  mean, exact two-pass redo if that shift is far off; row bands merged with Chan's formula),
-  several times faster than ``instance_norm`` / ``var_mean`` on CPU. BatchNorm (eval) is
+  The statistics are exact (a shifted one-pass sum in serial chunks, shift = a sampled mean,
+  exact two-pass redo if that shift is far off; row bands merged with Chan's formula), several
+  times faster than ``instance_norm`` / ``var_mean`` on CPU. BatchNorm (eval) is
   folded into the convolution before it; ``Identity`` leaves a plain ReLU.
 * *no page faults*: a fresh tensor of 32 MB or more comes from ``mmap`` and faults every page
   on each call (about as slow as the convolution that fills it, in this VM). Large conv outputs
@@ -55,21 +55,34 @@ processes; ``benchmarks/parts_speed.py``):
   for copy + normalise + ReLU).
 * *the last 7x7 conv (ngf -> 3) as one GEMM plus shifted sums*: a 1x1 conv to ``3 * 49``
   channels over the padded map, then each tap is a 1-D offset in the flattened padded map, so
-  the 49 taps are 49 contiguous slice-adds, done in row bands that stay in cache. oneDNN has
-  no good kernel for 3 output channels. Used when ``out_channels * k * k <= 256`` and the pad
-  (reflect, replicate, zero or constant) is ``(k - 1) / 2`` on every side; else the pad module
-  and a oneDNN channels-last conv.
+  the 49 taps are 49 contiguous slice-adds (in serial chunks), done in row bands of GEMM output
+  (6 MB with 1 thread: they stay in cache; 16 MB with more: fewer GEMMs, each a parallel
+  region). oneDNN has no good kernel for 3 output channels. Used when
+  ``out_channels * k * k <= 256`` and the pad (reflect, replicate, zero or constant) is
+  ``(k - 1) / 2`` on every side; else the pad module and a oneDNN channels-last conv.
 * the pad of the last conv is never materialised separately: the normalise pass writes the
   interior of a padded buffer and only the border rows/columns are copied.
 
-*Few parallel regions*: with more than one intra-op thread, the fast path sets torch to one
-thread for its many small ops (statistics chunks, shifted adds, weight scaling) and gives the
-caller's threads back only around the big convolutions, GEMMs and full-tensor passes, ~10-25
-parallel regions per call. When the cores are oversubscribed (other processes running),
-every OpenMP parallel region waits for a descheduled worker, measured here at ~8 ms each with
-2 threads; a path of a few hundred small parallel ops then ran 5-10x slower than the plain
-modules. (``torch.set_num_threads`` is process-wide for MKL: another Python thread running
-torch at the same moment may briefly see one thread.)
+*Few parallel regions, no thread settings touched*: a call never changes torch's thread settings
+(``set_num_threads`` and the like are process-wide, and other Python threads, such as the
+engine's reader and writer, may be running torch); it only reads the thread count. With more
+than one intra-op thread, an op on 32768 elements or more (ATen's parallel grain) is an OpenMP
+parallel region, and when the cores are oversubscribed (other processes running) each region
+waits for a descheduled worker: measured here at up to ~8 ms each with 2 threads, so a path of a
+few dozen parallel ops ran slower than the plain modules. So only the convolutions, GEMMs and
+full-tensor passes run in parallel (5 regions for the head and 8 for the tail at 128x256 ngf 32,
+16 and 28 at 256x512 ngf 64; the plain modules: 12 and 19 at both), and the rest (the
+statistics, the head's input copy, the last conv's shifted adds, its bias and tanh) runs in ops
+on fewer than 32768 elements, which torch runs serially on the calling thread. The tanh is
+``2 * sigmoid(2x) - 1``: ``torch.tanh`` calls MKL, which opens a parallel region at any size.
+With one thread every op is serial, and these ops are larger (2M elements): fewer of them.
+
+This replaced switching torch to one thread around the small ops (``torch.set_num_threads``)
+with as many parallel regions and about the same speed (128x256 ngf 32, 2 threads, other
+processes keeping the load at ~3: both ~2.3x the plain modules' speed, within a few % of each
+other; 1 thread: the head ~15 % faster, the tail the same). A path of fewer, larger parallel ops
+(11 and 24 regions) was up to ~20 % faster on an idle VM but, under that load, no faster than
+the plain modules.
 
 Work buffers are kept per thread (a part may be shared by threads) and reused; at 256x512,
 ngf 64 they take about 100 MB (``release()`` frees them). Weights changed in place through
@@ -78,14 +91,15 @@ ngf 64 they take about 100 MB (``release()`` frees them). Weights changed in pla
 Tried and dropped (slower here): the transposed conv as a 2x2 conv to ``4 * out`` channels
 + pixel shuffle, as one GEMM to ``9 * out`` channels + shifted adds, or as four per-phase
 GEMMs; im2col + GEMM for the head's 7x7 conv (3 input channels); the stride-2 conv in row
-bands; NCHW layouts with transposes in the normalise pass; a GEMV with ones for the sums.
+bands; NCHW layouts with transposes in the normalise pass; a GEMV with ones for the sums;
+``batch_norm_update_stats`` for the statistics (fast, but its sums lose ~1e-4 of the variance);
+the last conv's taps as sums over overlapping strided views (one over both tap dimensions does
+not vectorise; two over one each is fast but parallel: 2 regions per band).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -96,9 +110,13 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 __all__ = ["FastHead", "FastPart", "FastTail", "fast_head", "fast_tail"]
 
 _add_relu = torch.ops.aten._add_relu
-_CHUNK_BYTES = 1 << 20  # statistics chunks (stay in L2)
-_GEMM_BAND_BYTES = (6 << 20, 16 << 20)  # the last conv's GEMM row bands: 1 thread, more (fewer
-# bands: each is a parallel region, costly when the cores are oversubscribed)
+# torch runs an op on fewer than 32768 elements (at::internal::GRAIN_SIZE) serially, on the
+# calling thread, and a bigger one as an OpenMP parallel region: see "Few parallel regions"
+_SERIAL = (1 << 15) - 1  # the most elements of an op meant to run serially
+_ONE_THREAD_OP = 1 << 21  # ... when torch has one thread (every op serial): fewer, larger ops
+_SAMPLE_VALUES = 1 << 14  # values sampled for the statistics' shift
+_GEMM_BAND_BYTES = (6 << 20, 16 << 20)  # the last conv's GEMM row bands: 1 thread (stays in
+# cache), more (fewer bands: each GEMM is a parallel region)
 _CONV_BAND_MIN = 16 << 20  # conv outputs at least this large are made in row bands ...
 _CONV_BAND_BYTES = 8 << 20  # ... of about this size
 
@@ -110,26 +128,19 @@ class _Unsupported(Exception):
 # ------------------------------------------------------------------------------------------------
 # work buffers
 class _Buffers(threading.local):
-    """Per-thread state of a part: reused work buffers, and the caller's intra-op thread count
-    (the fast path runs single-threaded except inside :meth:`parallel`)."""
+    """Per-thread state of a part: reused work buffers, and sizes that depend on the caller's
+    intra-op thread count (read at each call, never set): ``op_elements``, the most elements per
+    op of the work meant to run serially, and ``gemm_band``, the last conv's GEMM band bytes."""
 
     def __init__(self) -> None:
         self.store: dict[Any, torch.Tensor] = {}
-        self.threads = 1
+        self.configure(2)
 
-    @contextmanager
-    def parallel(self) -> Iterator[None]:
-        """Give the caller's threads back to the ops inside (the big convolutions, GEMMs and
-        full-tensor passes)."""
-        n = self.threads
-        if n <= 1:
-            yield
-            return
-        torch.set_num_threads(n)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(1)
+    def configure(self, threads: int) -> None:
+        """With more than one thread, serial work is cut under torch's parallel grain; with one,
+        every op is serial anyway and fewer, larger ones are faster."""
+        self.op_elements = _SERIAL if threads > 1 else _ONE_THREAD_OP
+        self.gemm_band = _GEMM_BAND_BYTES[threads > 1]
 
     def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """A reused contiguous tensor of ``shape`` (contents undefined), made outside inference
@@ -156,23 +167,27 @@ class _Buffers(threading.local):
 def _moments_rows(y2: torch.Tensor, buf: _Buffers, shift: torch.Tensor | None = None):
     """``(n, mean, M2)`` per column of a ``(P, C)`` matrix (NHWC pixels x channels).
 
-    One pass in cache-sized chunks over ``x - shift``, the shift being the mean of ~1024
-    sampled rows, so no cancellation; redone with the exact mean as the shift in the
-    (pathological) case that the sample mean is more than ~3 standard deviations off. Sums are
-    ``torch.sum`` (cascaded): a GEMV with ones loses ~1e-5 relative over 1e5 rows.
+    One pass over ``x - shift`` in chunks small enough to run serially, the shift being the
+    mean of ``_sample(c)`` sampled rows, so no cancellation; redone with the exact mean as the
+    shift in the (pathological) case that the sample mean is more than ~3 standard deviations
+    off. Sums are ``torch.sum`` (cascaded) per chunk, then over the chunks' partial sums: a GEMV
+    with ones loses ~1e-5 relative over 1e5 rows.
     """
     p, c = y2.shape
     final = shift is not None
     if shift is None:
-        shift = y2[:: max(1, p // 1024)].mean(0)
-    s1 = torch.zeros(c, dtype=y2.dtype, device=y2.device)
-    s2 = torch.zeros_like(s1)
-    step = max(1, min(4096, _CHUNK_BYTES // (4 * c)))
-    for r0 in range(0, p, step):
+        shift = y2[:: max(1, p // _sample(c))].mean(0)
+    step = max(1, buf.op_elements // c)
+    starts = range(0, p, step)
+    part = torch.empty(len(starts), 2, c, dtype=y2.dtype, device=y2.device)
+    work = buf.get("stats", (min(step, p), c), y2)
+    for i, r0 in enumerate(starts):
         r1 = min(p, r0 + step)
-        t = torch.sub(y2[r0:r1], shift, out=buf.get("stats", (r1 - r0, c), y2))
-        s1.add_(t.sum(0))
-        s2.add_(t.square_().sum(0))
+        t = torch.sub(y2[r0:r1], shift, out=work[: r1 - r0])
+        sums, squares = part[i]
+        torch.sum(t, 0, out=sums)
+        torch.sum(t.square_(), 0, out=squares)
+    s1, s2 = part.sum(0)
     return _finish_moments(shift, s1, s2, p, final, lambda sh: _moments_rows(y2, buf, sh))
 
 
@@ -181,16 +196,28 @@ def _moments_planes(y2: torch.Tensor, buf: _Buffers, shift: torch.Tensor | None 
     c, p = y2.shape
     final = shift is not None
     if shift is None:
-        shift = y2[:, :: max(1, p // 1024)].mean(1)
-    s1 = torch.empty(c, dtype=y2.dtype, device=y2.device)
-    s2 = torch.empty_like(s1)
-    step = max(1, _CHUNK_BYTES // (4 * p))
-    for c0 in range(0, c, step):
-        c1 = min(c, c0 + step)
-        t = torch.sub(y2[c0:c1], shift[c0:c1, None], out=buf.get("stats", (c1 - c0, p), y2))
-        torch.sum(t, 1, out=s1[c0:c1])
-        torch.linalg.vector_norm(t, dim=1, out=s2[c0:c1])
-    return _finish_moments(shift, s1, s2.square_(), p, final, lambda sh: _moments_planes(y2, buf, sh))
+        shift = y2[:, :: max(1, p // _sample(c))].mean(1)
+    cs = max(1, min(c, buf.op_elements // p))  # channels per chunk ...
+    qs = min(p, max(1, buf.op_elements // cs))  # ... and pixels (all, unless a plane is too big)
+    col_starts = range(0, p, qs)
+    part = torch.empty(2, c, len(col_starts), dtype=y2.dtype, device=y2.device)
+    work = buf.get("stats", (cs * qs,), y2)
+    for c0 in range(0, c, cs):
+        c1 = min(c, c0 + cs)
+        for j, q0 in enumerate(col_starts):
+            q1 = min(p, q0 + qs)
+            t = torch.sub(y2[c0:c1, q0:q1], shift[c0:c1, None], out=work[: (c1 - c0) * (q1 - q0)].view(c1 - c0, -1))
+            torch.sum(t, 1, out=part[0, c0:c1, j])
+            torch.linalg.vector_norm(t, dim=1, out=part[1, c0:c1, j])
+    part[1].square_()
+    s1, s2 = part.sum(2)
+    return _finish_moments(shift, s1, s2, p, final, lambda sh: _moments_planes(y2, buf, sh))
+
+
+def _sample(c: int) -> int:
+    """Pixels sampled per channel for the shift: up to 1024, at most 16384 values in all (so
+    that torch runs the sample mean serially: one parallel region fewer)."""
+    return max(1, min(1024, _SAMPLE_VALUES // c))
 
 
 def _finish_moments(shift, s1, s2, n, final, redo):
@@ -258,29 +285,26 @@ def _conv_pieces(
 
     cl = torch.channels_last
     if band < 2 or band >= out_h:
-        with buf.parallel():
-            if transposed:
-                y = F.conv_transpose2d(
-                    x, w, b, conv.stride, conv.padding, conv.output_padding, conv.groups, conv.dilation
-                )
-            else:
-                y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
-            y = y.contiguous(memory_format=cl)
+        if transposed:
+            y = F.conv_transpose2d(
+                x, w, b, conv.stride, conv.padding, conv.output_padding, conv.groups, conv.dilation
+            )
+        else:
+            y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+        y = y.contiguous(memory_format=cl)
         add(0, y)
     elif transposed:
         band //= 2  # input rows per band: each gives two output rows; one halo row below
         for i0 in range(0, h, band):
             i1 = min(h, i0 + band)
-            with buf.parallel():
-                y = F.conv_transpose2d(x[:, :, i0 : min(h, i1 + 1)], w, b, 2, 1, 1)[:, :, : 2 * (i1 - i0)]
-                y = y.contiguous(memory_format=cl)
+            y = F.conv_transpose2d(x[:, :, i0 : min(h, i1 + 1)], w, b, 2, 1, 1)[:, :, : 2 * (i1 - i0)]
+            y = y.contiguous(memory_format=cl)
             add(2 * i0, y)
     else:
         kh = conv.kernel_size[0]
         for r0 in range(0, out_h, band):
             r1 = min(out_h, r0 + band)
-            with buf.parallel():
-                y = F.conv2d(x[:, :, r0 : r1 + kh - 1], w, b).contiguous(memory_format=cl)
+            y = F.conv2d(x[:, :, r0 : r1 + kh - 1], w, b).contiguous(memory_format=cl)
             add(r0, y)
     return pieces, moments
 
@@ -462,15 +486,8 @@ class FastPart:
             return self.plain(x)
         if self._state() != self._snapshot:
             self.refresh()
-        n = torch.get_num_threads()
-        self._buf.threads = n
-        if n == 1:
-            return self._run(x)
-        torch.set_num_threads(1)  # small ops serial: see the module docstring
-        try:
-            return self._run(x)
-        finally:
-            torch.set_num_threads(n)
+        self._buf.configure(torch.get_num_threads())
+        return self._run(x)
 
     def __repr__(self) -> str:
         state = "plain only: " + self.unsupported if self.unsupported else "fast on CPU fp32 inference"
@@ -505,36 +522,52 @@ class FastHead(FastPart):
         self.w1, self.b1 = w1.contiguous(), _detached(b1)
         self.w2, self.b2 = _detached(self.c2.weight), _detached(self.c2.bias)
 
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        """``pad(x)`` of one sample, channels-last: copied into a reused NHWC buffer in serial row
+        chunks and the border filled as the pad module would (equal padding on every side and a
+        map larger than it); else the pad module and a conversion."""
+        p = self.pad.padding
+        c, h, w = x.shape[1:]
+        if len(set(p)) != 1 or h <= p[0] or w <= p[0]:
+            return self.pad(x).contiguous(memory_format=torch.channels_last)
+        p = p[0]
+        xp = self._buf.nhwc("xp", c, h + 2 * p, w + 2 * p, x)  # (oneDNN copies a view of odd strides)
+        pb = xp[0].permute(1, 2, 0)
+        rows = max(1, self._buf.op_elements // (c * w))
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            xp[0, :, p + r0 : p + r1, p : p + w].copy_(x[0, :, r0:r1])
+        _fill_border(pb, p, h, w, self.pad, None)
+        return xp
+
     def _run(self, x):
         c1, c2 = self.c1, self.c2
         instance = self.norm.kind == "instance"
         outs = []
         for n in range(x.shape[0]):
-            xp = self.pad(x[n : n + 1]).contiguous(memory_format=torch.channels_last)
+            xp = self._padded(x[n : n + 1])
             pieces, moments = _conv_pieces(xp, self.w1, self.b1, c1, instance, self._buf)
             mean, w2 = None, self.w2
             if instance:
                 mean, rstd = _mean_rstd(moments, self.norm.eps)
                 w2 = w2 * rstd.view(1, -1, 1, 1)
-            with self._buf.parallel():
-                if len(pieces) == 1:
-                    y = _activate(pieces, None, mean)
-                else:
-                    c = pieces[0][1].shape[1]
-                    rows = sum(p.shape[2] for _, p in pieces)
-                    y = _activate(pieces, self._buf.nhwc("y", c, rows, pieces[0][1].shape[3], x), mean)
-                del pieces
-                outs.append(F.conv2d(y, w2, self.b2, c2.stride, c2.padding, c2.dilation, c2.groups))
+            if len(pieces) == 1:
+                y = _activate(pieces, None, mean)
+            else:
+                c = pieces[0][1].shape[1]
+                rows = sum(p.shape[2] for _, p in pieces)
+                y = _activate(pieces, self._buf.nhwc("y", c, rows, pieces[0][1].shape[3], x), mean)
+            del pieces
+            outs.append(F.conv2d(y, w2, self.b2, c2.stride, c2.padding, c2.dilation, c2.groups))
         if self.channels_last:
             return outs[0] if len(outs) == 1 else torch.cat(outs)
         c, h, w = outs[0].shape[1:]
         out = torch.empty(x.shape[0], c, h, w, dtype=x.dtype, device=x.device)
-        with self._buf.parallel():
-            for n, o in enumerate(outs):
-                if o.is_contiguous(memory_format=torch.channels_last) and c > 1:
-                    out[n].view(c, h * w).copy_(_rows(o).t())  # the fast 2-D transposed copy
-                else:
-                    out[n].copy_(o[0])
+        for n, o in enumerate(outs):
+            if o.is_contiguous(memory_format=torch.channels_last) and c > 1:
+                out[n].view(c, h * w).copy_(_rows(o).t())  # the fast 2-D transposed copy
+            else:
+                out[n].copy_(o[0])
         return out
 
 
@@ -610,15 +643,13 @@ class FastTail(FastPart):
             else:
                 moments = _moments_rows(_rows(f), buf)
             mean, rstd = _mean_rstd(moments, self.norm0.eps)
-            with buf.parallel():
-                _add_relu(f, mean.neg().view(1, -1, 1, 1), out=a)
+            _add_relu(f, mean.neg().view(1, -1, 1, 1), out=a)
             return a, rstd
-        with buf.parallel():
-            if kind == "affine":
-                torch.addcmul(self.t0.view(1, -1, 1, 1), f, self.s0.view(1, -1, 1, 1), out=a)
-                a.clamp_min_(0)
-            else:
-                torch.clamp_min(f, 0, out=a)
+        if kind == "affine":
+            torch.addcmul(self.t0.view(1, -1, 1, 1), f, self.s0.view(1, -1, 1, 1), out=a)
+            a.clamp_min_(0)
+        else:
+            torch.clamp_min(f, 0, out=a)
         return a, None
 
     def _run_one(self, f):
@@ -635,16 +666,14 @@ class FastTail(FastPart):
             if last and self.use_gemm and h > self.pad.padding[0] and w_ > self.pad.padding[0]:
                 return self._final_gemm(pieces, mean, scale, c, h, w_)
             dst = None if len(pieces) == 1 else self._buf.nhwc(f"a{i % 2}", c, h, w_, f)
-            with self._buf.parallel():
-                a = _activate(pieces, dst, mean)
+            a = _activate(pieces, dst, mean)
             del pieces
         conv = self.conv
         if scale is not None and isinstance(self.pad, nn.ConstantPad2d) and self.pad.value != 0:
             a, scale = a * scale.view(1, -1, 1, 1), None  # a nonzero pad value must see the scaled map
         wc = self.wc if scale is None else self.wc * scale.view(1, -1, 1, 1)
-        with self._buf.parallel():
-            out = F.conv2d(self.pad(a), wc, self.bc, conv.stride, conv.padding, conv.dilation, conv.groups)
-            return (torch.tanh(out) if self.tanh else out).contiguous()
+        out = F.conv2d(self.pad(a), wc, self.bc, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return (torch.tanh(out) if self.tanh else out).contiguous()
 
     def _final_gemm(self, pieces, mean, scale, c: int, h: int, w: int) -> torch.Tensor:
         """``[tanh](conv(pad(relu(y - mean))))`` with the conv as GEMM + shifted sums."""
@@ -652,8 +681,7 @@ class FastTail(FastPart):
         p = self.pad.padding[0]
         hp, wp = h + 2 * p, w + 2 * p
         pb = buf.get("pad", (hp, wp, c), pieces[0][1])  # the padded map, NHWC
-        with buf.parallel():
-            _activate(pieces, pb[p : p + h, p : p + w].permute(2, 0, 1).unsqueeze(0), mean)
+        _activate(pieces, pb[p : p + h, p : p + w].permute(2, 0, 1).unsqueeze(0), mean)
         del pieces
         _fill_border(pb, p, h, w, self.pad, scale)
         k, o = self.conv.kernel_size[0], self.conv.out_channels
@@ -662,24 +690,34 @@ class FastTail(FastPart):
         flat = pb.view(hp * wp, c)
         length = h * wp  # the output on the padded-width grid; columns >= w are never read
         acc = buf.get("acc", (o, length), flat)
-        if self.bc is not None:
-            acc.copy_(self.bc.view(o, 1).expand(o, length))
-        else:
-            acc.zero_()
-        band = max(k, _GEMM_BAND_BYTES[buf.threads > 1] // (4 * rows * wp))
-        zbuf = buf.get("z", (rows, min(band, hp) * wp), flat)
+        cols = max(1, buf.op_elements // o)  # accumulator columns per serial op
+        for q0 in range(0, length, cols):
+            a = acc[:, q0 : q0 + cols]
+            if self.bc is None:
+                a.zero_()
+            else:
+                a.copy_(self.bc.view(o, 1).expand_as(a))
+        band = max(k, buf.gemm_band // (4 * rows * wp))  # padded rows per GEMM
         offsets = [dy * wp + dx for dy in range(k) for dx in range(k)]
         for r0 in range(0, hp, band):
             base, nb = r0 * wp, (min(hp, r0 + band) - r0) * wp
-            with buf.parallel():
-                z = torch.mm(wg, flat[base : base + nb].t(), out=zbuf[:, :nb]).view(k * k, o, nb)
+            z = torch.mm(wg, flat[base : base + nb].t(), out=buf.get("z", (rows, nb), flat)).view(k * k, o, nb)
             for t, off in enumerate(offsets):  # output q takes tap t at q + off
-                q0, q1 = max(0, base - off), min(length, base + nb - off)
-                if q1 > q0:
-                    acc[:, q0:q1].add_(z[t, :, q0 + off - base : q1 + off - base])
-        res = acc.view(1, o, h, wp)[:, :, :, :w]
+                zt = z[t]
+                q_end = min(length, base + nb - off)
+                for q0 in range(max(0, base - off), q_end, cols):
+                    q1 = min(q_end, q0 + cols)
+                    acc[:, q0:q1].add_(zt[:, q0 + off - base : q1 + off - base])
+        res = acc.view(o, h, wp)
         out = torch.empty(1, o, h, w, dtype=flat.dtype, device=flat.device)
-        return torch.tanh(res, out=out) if self.tanh else out.copy_(res)
+        rows_out = max(1, buf.op_elements // (o * w))  # output rows per serial op
+        for a0 in range(0, h, rows_out):
+            src, dst = res[:, a0 : a0 + rows_out, :w], out[0, :, a0 : a0 + rows_out]
+            if self.tanh:  # 2 sigmoid(2x) - 1: torch.tanh (MKL's) opens a parallel region at any size
+                torch.mul(src, 2, out=dst).sigmoid_().mul_(2).sub_(1)
+            else:
+                dst.copy_(src)
+        return out
 
 
 def _fill_border(pb: torch.Tensor, p: int, h: int, w: int, pad: nn.Module, scale: torch.Tensor | None) -> None:
