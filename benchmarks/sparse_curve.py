@@ -383,6 +383,8 @@ def _db(v) -> str:
 
 
 def write_markdown(report: dict, path: Path) -> None:
+    from fastv2v.metrics.profile import format_gmacs
+
     env = report["environment"]
     lines = [
         "# Sparse incremental inference: speed-up against changed area",
@@ -449,14 +451,15 @@ def write_markdown(report: dict, path: Path) -> None:
         "",
         "The `sparse` method end to end (default options; key frames included in every number):",
         "",
-        "| max interval | key frames | MACs per frame (of dense) | G-MACs per frame exact / paper | speed-up "
+        "| max interval | key frames | MACs per frame (of dense) | MACs per frame exact / paper | speed-up "
         "| PSNR to teacher | non-key PSNR |",
         "|---|---|---|---|---|---|---|",
     ]
     for m in clip["method"]:
         lines.append(
             f"| {m['max_interval']} | {m['key_frames']}/{m['frames']} | {m['mac_fraction']:.3f} | "
-            f"{m['macs_per_frame_exact'] / 1e9:.2f} / {m['macs_per_frame_paper'] / 1e9:.2f} | {m['speedup']:.2f}x | "
+            f"{format_gmacs(m['macs_per_frame_exact'])} / {format_gmacs(m['macs_per_frame_paper'])} | "
+            f"{m['speedup']:.2f}x | "
             f"{_db(m['psnr_teacher'])} | {_db(m['psnr_teacher_nonkey'])} |"
         )
     lines += [

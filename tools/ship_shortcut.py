@@ -21,7 +21,7 @@ from fastv2v.generators import load_generator
 from fastv2v.methods.base import Repeat, Reuse, run_online
 from fastv2v.methods.shortcut import ShortcutMethod
 from fastv2v.methods.shortcut.model_file import load_shortcut
-from fastv2v.metrics.profile import profile
+from fastv2v.metrics.profile import count_parameters, format_gmacs, profile
 from fastv2v.tasks import WEIGHTS_DIR, shipped_teacher
 
 CLIPS = {"scenes": range(4), "edges": range(3)}
@@ -81,7 +81,7 @@ def main() -> None:
     x = torch.zeros(1, teacher.input_nc, *size)
     full = profile(teacher, x)
     nonkey = profile(ShortcutMethod(teacher, 3, block=model.block).non_key_path(), x)
-    block_params = sum(p.numel() for p in model.block.parameters())
+    block_params = count_parameters(model.block)
 
     lines = [
         f"# Model card: `{target.name}`",
@@ -89,7 +89,7 @@ def main() -> None:
         f"- **What:** a Shortcut-V2V block distilled from the shipped `{args.task}_teacher.safetensors` (the file "
         "carries that teacher too: `fastv2v translate in.mp4 out.mp4 --model` this file).",
         f"- **Block:** {model.block.config}, {block_params / 1e6:.3f} M parameters "
-        f"(teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.2f} M); reference skip "
+        f"(teacher {count_parameters(teacher) / 1e6:.2f} M); reference skip "
         f"{'on' if model.block.reference_skip else 'off'} (docs/shortcut.md).",
         f"- **Default interval:** {model.interval}; trained on pairs 1..{config.get('max_gap') or model.interval - 1} "
         "frames apart.",
@@ -100,9 +100,10 @@ def main() -> None:
         f"lr {config['lr']} (linear decay over the last {config['decay_steps']}), losses feature L1 x5, alignment "
         "L1 x5, output L1 x10, LSGAN x1, temporal LSGAN x1, on 2 CPU cores.",
         f"- **Command:** `{args.command}`",
-        f"- **Cost at {size[0]}x{size[1]}:** teacher {full.macs_exact / 1e9:.2f} G exact / {full.macs_paper / 1e9:.2f} "
-        f"G paper MACs per frame; non-key frame {nonkey.macs_exact / 1e9:.2f} G / {nonkey.macs_paper / 1e9:.2f} G "
-        f"({full.macs_exact / nonkey.macs_exact:.2f}x / {full.macs_paper / nonkey.macs_paper:.2f}x fewer).",
+        f"- **Cost at {size[0]}x{size[1]}:** teacher {format_gmacs(full.macs_exact)} exact / "
+        f"{format_gmacs(full.macs_paper)} paper MACs per frame; non-key frame {format_gmacs(nonkey.macs_exact)} / "
+        f"{format_gmacs(nonkey.macs_paper)} ({full.macs_exact / nonkey.macs_exact:.2f}x / "
+        f"{full.macs_paper / nonkey.macs_paper:.2f}x fewer).",
         "",
         "## Held-out fidelity to the teacher (PSNR in dB over all frames / non-key frames only)",
         "",

@@ -21,7 +21,7 @@ from fastv2v.methods.base import Repeat
 from fastv2v.methods.interpolate import Interp
 from fastv2v.methods.student import Fast, Spatial
 from fastv2v.methods.student_model import load_student
-from fastv2v.metrics.profile import profile
+from fastv2v.metrics.profile import count_parameters, format_gmacs, profile
 from fastv2v.tasks import WEIGHTS_DIR
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -53,7 +53,7 @@ def main() -> None:
             rows.append(row)
     x = torch.zeros(1, teacher.input_nc, *size)
     full, student = profile(teacher, x), profile(model.student, x)
-    params = sum(p.numel() for p in model.student.parameters())
+    params = count_parameters(model.student)
 
     lines = [
         f"# Model card: `{target.name}`",
@@ -61,7 +61,7 @@ def main() -> None:
         f"- **What:** a Fast-Vid2Vid spatial student distilled from the shipped `{args.task}_teacher.safetensors` (the "
         "file carries that teacher too: `fastv2v translate in.mp4 out.mp4 --model` this file runs `fast`).",
         f"- **Student:** {model.student.config}, {params / 1e6:.3f} M parameters "
-        f"(teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.2f} M); input halved inside `forward`.",
+        f"(teacher {count_parameters(teacher) / 1e6:.2f} M); input halved inside `forward`.",
         f"- **Default interval of `fast`:** {model.interval}.",
         f"- **Training:** {model.info['training']['step']} steps of batch {config['batch']} at {size[0]}x{size[1]}, "
         f"lr {config['lr']} (linear decay over the last {config['decay_steps']}), motion-weighted output L1, feature "
@@ -69,9 +69,10 @@ def main() -> None:
         + (f", warm-started from `{Path(config['init']).name}` (`--init`; see the command)." if config.get("init")
            else "."),
         f"- **Command:** `{args.command}`",
-        f"- **Cost at {size[0]}x{size[1]}:** teacher {full.macs_exact / 1e9:.2f} G exact / {full.macs_paper / 1e9:.2f} "
-        f"G paper MACs per frame; student {student.macs_exact / 1e9:.2f} G / {student.macs_paper / 1e9:.2f} G "
-        f"({full.macs_exact / student.macs_exact:.2f}x / {full.macs_paper / student.macs_paper:.2f}x fewer).",
+        f"- **Cost at {size[0]}x{size[1]}:** teacher {format_gmacs(full.macs_exact)} exact / "
+        f"{format_gmacs(full.macs_paper)} paper MACs per frame; student {format_gmacs(student.macs_exact)} / "
+        f"{format_gmacs(student.macs_paper)} ({full.macs_exact / student.macs_exact:.2f}x / "
+        f"{full.macs_paper / student.macs_paper:.2f}x fewer).",
         "",
         "## Held-out fidelity (PSNR in dB over all frames)",
         "",

@@ -21,6 +21,7 @@ from fastv2v.checkpoint import load_model_file, save_model
 from fastv2v.data.paired import heldout_clip
 from fastv2v.demo import _visualise_input
 from fastv2v.generators import load_generator
+from fastv2v.metrics.profile import count_parameters
 from fastv2v.metrics.quality import MeanMeter, psnr, ssim
 from fastv2v.tasks import WEIGHTS_DIR
 
@@ -72,7 +73,7 @@ def main() -> None:
 
     config = training.get("config", {})
     gen = meta["generator"]
-    params = sum(v.numel() for v in tensors.values()) / 1e6
+    params = count_parameters(g) / 1e6
     lines = [
         f"# Model card: `{target.name}`",
         "",
