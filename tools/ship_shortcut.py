@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from fastv2v.data.paired import heldout_clip
+from fastv2v.engine.loop import drive
 from fastv2v.generators import load_generator
-from fastv2v.methods.base import Repeat, Reuse, run_online
-from fastv2v.methods.shortcut import ShortcutMethod
 from fastv2v.methods.shortcut.model_file import load_shortcut
 from fastv2v.metrics.profile import count_parameters, format_gmacs, profile
+from fastv2v.pipeline import Pipeline
 from fastv2v.tasks import WEIGHTS_DIR, shipped_teacher
 
 CLIPS = {"scenes": range(4), "edges": range(3)}
@@ -72,15 +72,13 @@ def main() -> None:
             reference = [teacher(x) for x in xs]
             for n in (2, 3, 4):
                 row = {"clip": clip.name, "frames": len(xs), "interval": n}
-                gate = model.info.get("reuse_below", 0.0)
-                for name, method in (("shortcut", ShortcutMethod(teacher, n, block=model.block, reuse_below=gate)),
-                                     ("repeat", Repeat(teacher, n)), ("reuse", Reuse(teacher, n))):  # fmt: skip
-                    out = list(run_online(method, xs))
-                    row[name] = psnr_of([y for y, _ in out], reference, [k for _, k in out])
+                for name in ("shortcut", "repeat", "reuse"):  # the file's settings (reuse gate), interval n
+                    out = list(drive(Pipeline.from_model(model, name, interval=n), xs))
+                    row[name] = psnr_of([o.y for o in out], reference, [o.key for o in out])
                 rows.append(row)
     x = torch.zeros(1, teacher.input_nc, *size)
     full = profile(teacher, x)
-    nonkey = profile(ShortcutMethod(teacher, 3, block=model.block).non_key_path(), x)
+    nonkey = profile(Pipeline.from_model(model, "shortcut", interval=3).method.non_key_path(), x)
     block_params = count_parameters(model.block)
 
     lines = [
@@ -93,7 +91,7 @@ def main() -> None:
         f"{'on' if model.block.reference_skip else 'off'} (docs/shortcut.md).",
         f"- **Default interval:** {model.interval}; trained on pairs 1..{config.get('max_gap') or model.interval - 1} "
         "frames apart.",
-        f"- **Reuse gate:** non-key frames whose head features drifted less than {model.info.get('reuse_below', 0):.3f} "
+        f"- **Reuse gate:** non-key frames whose head features drifted less than {model.method['reuse_below']:.3f} "
         "from the key frame's show the key frame's output (calibrated on 64 training pairs: "
         f"{model.info.get('reuse_calibration')}).",
         f"- **Training:** {model.info['training']['step']} steps of batch {config['batch']} at {size[0]}x{size[1]}, "

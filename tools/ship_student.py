@@ -15,12 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastv2v.bench.runner import drive
 from fastv2v.data.paired import heldout_clip
-from fastv2v.methods.base import Repeat
-from fastv2v.methods.interpolate import Interp
-from fastv2v.methods.student import Fast, Spatial
+from fastv2v.engine.loop import drive
 from fastv2v.methods.student_model import load_student
+from fastv2v.pipeline import Pipeline
 from fastv2v.metrics.profile import count_parameters, format_gmacs, profile
 from fastv2v.tasks import WEIGHTS_DIR
 
@@ -41,15 +39,14 @@ def main() -> None:
             reference = [teacher(x) for x in xs]
             truth = [torch.from_numpy(np.ascontiguousarray(t)).permute(2, 0, 1)[None].float() / 127.5 - 1
                      for _, t in pairs]  # ground-truth RGB in the outputs' [-1, 1] range
-            spatial = [y for y, _ in drive(Spatial(teacher, student=model.student), xs)]
+            spatial = [o.y for o in drive(Pipeline.from_model(model, "spatial"), xs)]
             row = {"clip": clip.name, "spatial": psnr_of(spatial, reference, [False] * len(xs))[0],
                    "spatial_gt": psnr_of(spatial, truth, [False] * len(xs))[0],
                    "teacher_gt": psnr_of(reference, truth, [False] * len(xs))[0]}  # fmt: skip
             for n in (2, 4, 8):
-                for name, method in (("fast", Fast(teacher, n, student=model.student)), ("interp", Interp(teacher, n)),
-                                     ("repeat", Repeat(teacher, n))):  # fmt: skip
-                    out = list(drive(method, xs))
-                    row[f"{name}@{n}"] = psnr_of([y for y, _ in out], reference, [k for _, k in out])[0]
+                for name in ("fast", "interp", "repeat"):
+                    out = list(drive(Pipeline.from_model(model, name, interval=n), xs))
+                    row[f"{name}@{n}"] = psnr_of([o.y for o in out], reference, [o.key for o in out])[0]
             rows.append(row)
     x = torch.zeros(1, teacher.input_nc, *size)
     full, student = profile(teacher, x), profile(model.student, x)

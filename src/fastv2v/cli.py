@@ -118,7 +118,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     import torch
 
     from fastv2v.generators import build_generator, load_generator
-    from fastv2v.metrics.profile import profile
+    from fastv2v.metrics.profile import format_gmacs, profile
 
     if args.model:
         generator = load_generator(args.model, arch=args.arch)
@@ -134,7 +134,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     name = generator.config["arch"]
     print(f"{name} (ngf {generator.config['ngf']}, {generator.input_nc}->{generator.output_nc} channels) at {h}x{w}")
     print(f"parameters: {result.params / 1e6:.2f} M")
-    print(f"MACs per frame: {_g(result.macs_exact)} exact, {_g(result.macs_paper)} paper")
+    print(f"MACs per frame: {format_gmacs(result.macs_exact)} exact, {format_gmacs(result.macs_paper)} paper")
     if args.method:
         _profile_method(args, generator, torch.zeros(1, generator.input_nc, h, w), result)
     print("  exact: true multiply-adds; paper: transposed convs counted at output size (thop/torchprofile, published tables)")
@@ -143,7 +143,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def _profile_method(args: argparse.Namespace, generator, x, teacher) -> None:
     """A method's non-key frame (and key-frame extra) against the teacher's frame."""
-    from fastv2v.metrics.profile import count_parameters, profile
+    from fastv2v.metrics.profile import count_parameters, format_gmacs, profile
     from fastv2v.pipeline import Pipeline
 
     settings = {"hidden": args.hidden} if args.method == "shortcut" else {}
@@ -158,18 +158,15 @@ def _profile_method(args: argparse.Namespace, generator, x, teacher) -> None:
         uncounted = getattr(method, "uncounted", "") or "its work"
         print(f"{args.method} non-key frame: 0 MACs counted ({uncounted}: not torch ops)")
     else:
-        print(f"{args.method} non-key frame: {_g(nonkey.macs_exact)} exact, {_g(nonkey.macs_paper)} paper MACs; "
+        print(f"{args.method} non-key frame: {format_gmacs(nonkey.macs_exact)} exact, "
+              f"{format_gmacs(nonkey.macs_paper)} paper MACs; "
               f"teacher / non-key = {teacher.macs_exact / nonkey.macs_exact:.2f}x exact, "
               f"{teacher.macs_paper / nonkey.macs_paper:.2f}x paper")  # fmt: skip
     extra = getattr(method, "key_frame_extra_path", None)
     if extra is not None:
         added = profile(extra(), x)
-        print(f"{args.method} key frame: teacher + {_g(added.macs_exact)} exact, {_g(added.macs_paper)} paper MACs")
-
-
-def _g(macs: int) -> str:
-    """G-MACs with at most two decimals, as the papers print them (56.8 G, 49.55 G)."""
-    return f"{macs / 1e9:.2f}".rstrip("0").rstrip(".") + " G"
+        print(f"{args.method} key frame: teacher + {format_gmacs(added.macs_exact)} exact, "
+              f"{format_gmacs(added.macs_paper)} paper MACs")
 
 
 def cmd_train_teacher(args: argparse.Namespace) -> int:

@@ -2,8 +2,8 @@
 
 Per task (synthetic label maps -> street scenes; edge maps of a real clip -> its frames) it
 benchmarks a few headline pipelines against the shipped teacher on a held-out clip (one
-:func:`fastv2v.bench.run_bench` run per model file: end-to-end and model-only speed, MACs,
-fidelity and flicker), picks the *recommended* one (the fastest end to end among those within
+:func:`fastv2v.bench.run_bench` over the shipped model files, which carry the same teacher, so
+it runs once: end-to-end and model-only speed, MACs, fidelity and flicker), picks the *recommended* one (the fastest end to end among those within
 1 dB of the best fidelity to the teacher), writes ``<task>/side_by_side.mp4`` (input | teacher |
 recommended), ``<task>/bench.md`` and a short ``report.md``. ``full=True`` benchmarks every
 registered method at intervals 2, 3 and 4 instead (many minutes).
@@ -22,16 +22,13 @@ import torch
 
 from fastv2v.errors import UserError
 
-DEMO_FRAMES = 48
+DEMO_FRAMES = 40
 DEMO_SIZE = (128, 256)
 #: Within this many dB of the best fidelity, the fastest pipeline is recommended.
 QUALITY_MARGIN_DB = 1.0
-#: The headline runs per model-file kind: ``(method, interval)``; None: the file's own setting.
-HEADLINE = {
-    "shortcut": [("shortcut", None), ("interp", 2), ("interp", 4), ("repeat", 4)],
-    "student": [("fast", None)],
-    "generator": [("interp", 2), ("interp", 4), ("repeat", 4)],
-}
+#: The headline runs: ``(method, interval)``, None: the model file's own setting. Each runs on
+#: the model files it fits; the training-free ones once per teacher.
+HEADLINE = [("shortcut", None), ("fast", None), ("interp", 2), ("interp", 4), ("repeat", 4)]
 
 
 def _models(task: str) -> tuple[list, str, bool]:
@@ -48,12 +45,6 @@ def _models(task: str) -> tuple[list, str, bool]:
     g = build_generator("resnet_6blocks", **generator_config(task)).eval()
     text = "a RANDOMLY INITIALISED teacher (no trained weights in this install), so the output is noise"
     return [(f"{task} teacher", g)], text, False
-
-
-def _kind(model) -> str:
-    from fastv2v.models import model_kind
-
-    return "generator" if isinstance(model, tuple) else model_kind(model)
 
 
 def _visualise_input(task: str, frame: np.ndarray) -> np.ndarray:
@@ -83,26 +74,21 @@ def run_task(task: str, out: Path, *, frames: int = DEMO_FRAMES, size=DEMO_SIZE,
     models, described, trained = _models(task)
     folder = out / task
     folder.mkdir(exist_ok=True)
-    reports = []
-    for model in models:
-        if full:
-            report = run_bench(model, f"{task}:0", methods=_all_methods(), intervals=(2, 3, 4), frames=frames,
-                               size=size, progress=progress)  # fmt: skip
-        else:
-            report = run_bench(model, f"{task}:0", runs=HEADLINE[_kind(model)], frames=frames, size=size,
-                               progress=progress)  # fmt: skip
-        report["command"] = f"fastv2v demo{' --full' if full else ''} ({described})"
-        reports.append(report)
-    merged = _merge(reports)
-    write_report(merged, folder)
-    rows = merged["results"]
+    if full:
+        report = run_bench(models, f"{task}:0", methods=_all_methods(), intervals=(2, 3, 4), frames=frames,
+                           size=size, progress=progress)  # fmt: skip
+    else:
+        report = run_bench(models, f"{task}:0", runs=HEADLINE, frames=frames, size=size, progress=progress)
+    report["command"] = f"fastv2v demo{' --full' if full else ''} ({described})"
+    write_report(report, folder)
+    rows = report["results"]
     teacher_row = next(r for r in rows if r["method"] == "teacher")
     chosen = recommend(rows)
     video = folder / "side_by_side.mp4"
     _side_by_side(task, models, chosen, video, frames=frames, size=size)
     return {
         "task": task, "teacher": described, "trained": trained, "video": f"{task}/{video.name}",
-        "bench": f"{task}/bench.md", "clip": merged["input"].get("clip"), "frames": merged["input"]["frames"],
+        "bench": f"{task}/bench.md", "clip": report["input"].get("clip"), "frames": report["input"]["frames"],
         "teacher_e2e_fps": teacher_row["e2e_fps"], "rows": [_summary(r) for r in rows if r["method"] != "teacher"],
         "recommended": _summary(chosen) if chosen else None,
     }  # fmt: skip
@@ -112,15 +98,6 @@ def _all_methods() -> tuple[str, ...]:
     from fastv2v.pipeline import method_names
 
     return tuple(method_names())
-
-
-def _merge(reports: list[dict]) -> dict:
-    """One report from the per-file runs of one clip (each file's rows are against its own
-    teacher run; the shipped files carry the same teacher)."""
-    merged = dict(reports[0])
-    for key in ("models", "results", "skipped"):
-        merged[key] = [item for r in reports for item in r[key]]
-    return merged
 
 
 def _summary(row: dict) -> dict:

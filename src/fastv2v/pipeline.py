@@ -55,6 +55,11 @@ def takes(name: str, setting: str) -> bool:
     return setting in getattr(method_class(name), "SETTINGS", ())
 
 
+def needs_trained_part(name: str) -> bool:
+    """Whether the method needs a model file's trained part (a Shortcut block, a student)."""
+    return getattr(method_class(name), "model_kind", None) is not None
+
+
 def uses_interval(name: str) -> bool:
     """Whether the method has a key-frame interval to sweep (the teacher and ``spatial`` do not)."""
     return bool(getattr(method_class(name), "uses_interval", True))

@@ -440,6 +440,7 @@ def run_bench(
             "machine": machine, "input": inp.describe(), "methods": names, "intervals": steps, "kernels": kernels,
             "models": [], "teacher_macs": None, "results": [], "skipped": [], "conventions": CONVENTIONS,
         }  # fmt: skip
+        shared: dict = {}
         with tempfile.TemporaryDirectory(prefix="fastv2v-bench-") as tmp:
             folder = Path(tmp)
             if e2e:
@@ -447,7 +448,7 @@ def run_bench(
             for entry in entries:
                 entry.kernels = kernels
                 _bench_model(entry, inp, runs, size, dev, dtype, e2e, repeats, folder, report,
-                             progress, perceptual)  # fmt: skip
+                             progress, perceptual, shared)  # fmt: skip
         report["teacher_macs"] = report["models"][0]["teacher_macs"] if report["models"] else None
         return clean(report)
     finally:
@@ -490,9 +491,15 @@ def runs_for(names: Sequence[str], steps: Sequence[int]) -> list[tuple[str, int 
 
 
 def _bench_model(
-    entry: ModelEntry, inp: BenchInput, runs, size, dev, dtype, e2e, repeats, folder, report, progress, perceptual
+    entry: ModelEntry, inp: BenchInput, runs, size, dev, dtype, e2e, repeats, folder, report, progress, perceptual,
+    shared: dict,
 ) -> None:
-    """Benchmark every run of one model; rows and skips are appended to ``report``."""
+    """Benchmark every run of one model; rows and skips are appended to ``report``. ``shared``:
+    what earlier models measured, by teacher weights: model files that carry the same teacher (a
+    shortcut file and a student file distilled from it) share one teacher run, and a method that
+    needs nothing but the teacher runs once per teacher."""
+    from fastv2v.bundle import teacher_fingerprint
+    from fastv2v.pipeline import needs_trained_part
     from fastv2v.data.resize import Resizer
     from fastv2v.engine.loop import check_labels
 
@@ -514,8 +521,24 @@ def _bench_model(
         motion = _motion(targets, "ground truth")
     teacher_outs: list[np.ndarray] | None = None
     teacher_row: dict | None = None
+    fingerprint = (teacher_fingerprint(g), repr(resizer))
+    teachers, measured = shared.setdefault("teachers", {}), shared.setdefault("runs", {})
     for index, (name, interval) in enumerate(runs):
         label = name if interval is None else f"{name}@{interval}"
+        earlier = measured.get((fingerprint, name, interval))
+        if name != "teacher" and earlier is not None and not needs_trained_part(name):
+            reason = f"the same run on the same teacher is reported under {earlier}"
+            report["skipped"].append({"model": entry.label, "method": name, "interval": interval, "reason": reason})
+            continue
+        if name == "teacher" and fingerprint in teachers:
+            first, teacher_outs, motion, described = teachers[fingerprint]
+            teacher_row = {**first, "model": entry.label, "notes": {**first["notes"], "model": (
+                f"the teacher run of {first['model']}, which carries the same teacher weights (measured once)")}}
+            report["models"].append({**described, "model": entry.label, "kind": entry.kind,
+                                     "path": None if entry.path is None else str(entry.path)})  # fmt: skip
+            report["results"].append(teacher_row)
+            _say(progress, f"{entry.label}: teacher (shared with {first['model']})")
+            continue
         try:
             pipeline = entry.pipeline(name, interval)
         except _Skip as exc:
@@ -523,6 +546,7 @@ def _bench_model(
             _say(progress, f"{entry.label}: skipped {label}: {exc}")
             continue
         _say(progress, f"{entry.label}: {label} ({index + 1}/{len(runs)}) on {len(frames)} frames")
+        measured[(fingerprint, name, interval)] = entry.label
         notes = _Notes()
         method = pipeline.method
         macs, out_shape = _count_macs(pipeline, frames, dev, dtype)
@@ -571,6 +595,7 @@ def _bench_model(
             if motion is None:
                 motion = _motion(outs, "teacher output")
             report["models"].append(entry.describe(resizer.model_hw, macs.total, n))
+            teachers[fingerprint] = (row, outs, motion, report["models"][-1])
         row["speedup_vs_teacher"] = teacher_row["ms_per_frame"] / ms
         t_e2e = teacher_row["e2e_ms_per_frame"]
         row["e2e_speedup_vs_teacher"] = t_e2e / row["e2e_ms_per_frame"] if t_e2e and row["e2e_ms_per_frame"] else None

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from fastv2v.engine.loop import DTYPES, Held, Observer, Timer, autocast, check_labels, drive  # noqa: F401
+from fastv2v.engine.loop import Held, Observer, Timer, drive
 from fastv2v.engine.streaming import BackgroundWriter, prefetch
 from fastv2v.errors import UserError
 

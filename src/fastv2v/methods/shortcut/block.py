@@ -58,8 +58,6 @@ tests/test_shortcut_block.py checks it against a direct transcription of the off
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
