@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from fastv2v.errors import UserError  # noqa: E402
 
-__all__ = ["UserError", "__version__", "load_generator", "load_model"]
+__all__ = ["Pipeline", "UserError", "__version__", "drive", "load_generator", "load_model"]
 
 
 def __getattr__(name):  # lazy: keep `import fastv2v` cheap for the CLI's --help
@@ -16,4 +16,12 @@ def __getattr__(name):  # lazy: keep `import fastv2v` cheap for the CLI's --help
         from fastv2v.models import load_model
 
         return load_model
+    if name == "Pipeline":
+        from fastv2v.pipeline import Pipeline
+
+        return Pipeline
+    if name == "drive":
+        from fastv2v.engine.loop import drive
+
+        return drive
     raise AttributeError(name)
