@@ -163,3 +163,19 @@ def test_method_needing_a_bundle_says_so(teacher, make_video, tmp_path, capsys):
     code, _, err = run(["translate", make_video(frames=2), tmp_path / "o.mp4", "--model", teacher, "--quiet",
                         "--method", "shortcut"], capsys)  # fmt: skip
     assert code == 2 and "needs a trained shortcut model file" in err
+
+
+@pytest.mark.parametrize("extra,message", [
+    ([], "is the input itself"),
+    (["--device", "bogus"], "is not a device name"),
+    (["--method", "sparse", "--threshold", "nan"], "threshold must be a number >= 0, not nan"),
+    (["--method", "repeat", "--keyframes", "peaks"], "--keyframes does not apply to --method repeat"),
+])
+def test_more_bad_options_are_one_sentence_and_leave_the_input_alone(extra, message, teacher, make_video, capsys):
+    src = make_video(frames=3)
+    before = src.read_bytes()
+    out = src if not extra else src.with_name("out.mp4")
+    assert main(["translate", str(src), str(out), "--model", str(teacher), "--quiet", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert src.read_bytes() == before
