@@ -94,6 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"timed passes per method, the median is reported (default {HEADLINE_REPEATS}; --quick: 1)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--kernels", default=None, choices=["torch", "fast"],
+                   help="shortcut/spatial/fast: PyTorch's modules (default) or the opt-in fast CPU kernels")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--results-md", type=Path, default=None,
                    help="the page to regenerate (default benchmarks/RESULTS.md; --quick: next to OUT)")  # fmt: skip
@@ -137,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 report = run_bench(
                     [model], f"{task}:0", methods=methods, intervals=intervals, dtype=args.dtype, size=size,
                     frames=frames, device=args.device, threads=args.threads, repeats=repeats, progress=True,
+                    kernels=args.kernels,
                 )  # fmt: skip
             except UserError as exc:
                 skipped.append(f"{name}: {exc}")
