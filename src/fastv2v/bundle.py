@@ -20,12 +20,12 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from fastv2v.checkpoint import load_model_file, save_model
+from fastv2v.checkpoint import damaged, load_model_file, save_model
 from fastv2v.errors import UserError
 
 RESERVED = ("kind", "generator", "interval", "method", "teacher_fingerprint")
@@ -78,6 +78,27 @@ def read_bundle(path: str | os.PathLike, kind: str, what: str, how: str) -> tupl
         described = f"a {found} model" if found else "not a fastv2v model file"
         raise UserError(f"{path} is {described}, not a {what}; make one with {how}.")
     return tensors, config
+
+
+def build_parts(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], builders: dict[str, Callable[[], nn.Module]]
+) -> dict[str, nn.Module]:
+    """Each ``<name>`` module built and loaded from its ``<name>.*`` tensors. Built once on the
+    meta device first and compared with the file's shapes: a config that disagrees with the
+    weights (a forged ``ngf=100000``) is refused as damage before anything is allocated."""
+    for name, build in builders.items():
+        with torch.device("meta"):
+            probe = build()
+        prefix = f"{name}."
+        for key, value in probe.state_dict().items():
+            stored = tensors.get(prefix + key)
+            if stored is None or tuple(stored.shape) != tuple(value.shape):
+                found = "absent" if stored is None else f"{tuple(stored.shape)}"
+                raise UserError(damaged(path, f"its {name} config does not match its weights ({prefix}{key}: "
+                                              f"config {tuple(value.shape)}, file {found})"))  # fmt: skip
+    modules = {name: build() for name, build in builders.items()}
+    load_parts(path, tensors, modules)
+    return modules
 
 
 def load_parts(path: str | os.PathLike, tensors: dict[str, torch.Tensor], modules: dict[str, nn.Module]) -> None:

@@ -15,6 +15,7 @@ import torch
 
 from fastv2v.atomic import atomic_path
 from fastv2v.errors import UserError
+from fastv2v.model_schema import config_problem
 
 CONFIG_KEY = "fastv2v"
 
@@ -30,7 +31,9 @@ def save_model(path: str | os.PathLike, tensors: dict[str, torch.Tensor], config
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The fastv2v config stored in a .safetensors file, or None for a plain safetensors file."""
+    """The fastv2v config stored in a .safetensors file, or None for a plain safetensors file;
+    checked against :mod:`fastv2v.model_schema` so that a damaged file fails here, named, not
+    deep inside a module constructor."""
     from safetensors import safe_open
 
     try:
@@ -39,7 +42,21 @@ def read_config(path: str | os.PathLike) -> dict[str, Any] | None:
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise UserError(f"{path} is not a readable .safetensors file ({exc}); re-export or re-download it.") from None
     text = meta.get(CONFIG_KEY)
-    return json.loads(text) if text else None
+    if not text:
+        return None
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise UserError(damaged(path, f"its metadata is not valid JSON ({exc})")) from None
+    problem = config_problem(config)
+    if problem:
+        raise UserError(damaged(path, problem))
+    return config
+
+
+def damaged(path: str | os.PathLike, problem: str) -> str:
+    """The one sentence for a model file whose metadata breaks the schema."""
+    return f"{path} is damaged: {problem}; re-export it, or use the original file."
 
 
 def load_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:

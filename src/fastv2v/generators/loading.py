@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from fastv2v.checkpoint import load_model_file, save_model
+from fastv2v.checkpoint import damaged, load_model_file, save_model
 from fastv2v.errors import UserError
 from fastv2v.generators.base import SplitGenerator
 from fastv2v.generators.resnet import GlobalGenerator, ResnetGenerator
+from fastv2v.model_schema import generator_problem
 
 _RESNET_ARCH = re.compile(r"resnet_(\d+)blocks$")
 
@@ -29,6 +30,11 @@ def build_generator(arch: str, /, **config: Any) -> SplitGenerator:
     match = _RESNET_ARCH.match(arch)
     if match:
         config["n_blocks"] = int(match.group(1))
+    # refuse ngf=0, a negative label_nc, ... here, not as a shape error deep inside torch
+    problem = generator_problem(config, required=()) if match or arch == "global" else None
+    if problem:
+        raise UserError(f"cannot build a {arch} generator: {problem}.")
+    if match:
         return ResnetGenerator(**_known(ResnetGenerator, config))
     if arch == "global":
         return GlobalGenerator(**_known(GlobalGenerator, config))
@@ -137,16 +143,24 @@ def load_generator(
         kind = (meta or {}).get("kind", "generator")
         if kind != "generator":
             raise UserError(f"{path} is a {kind} model, not a generator; load it with fastv2v.load_model.")
-        inferred = dict(meta["generator"]) if meta and "generator" in meta else infer_config(state, str(path))
+        from_metadata = bool(meta and "generator" in meta)
+        inferred = dict(meta["generator"]) if from_metadata else infer_config(state, str(path))
     else:
-        state = _read_torch_file(path)
+        state, from_metadata = _read_torch_file(path), False
         inferred = infer_config(state, str(path)) if arch is None else _partial_config(state)
     merged = {**inferred, **config}
     name = arch or merged.get("arch")
     if name is None:
         raise UserError(f"{path} does not say its architecture; pass --arch.")
+    with torch.device("meta"):  # check the fit first: a forged ngf must not allocate gigabytes
+        try:
+            _check_fit(build_generator(name, **merged), state, path, name)
+        except UserError:
+            if from_metadata and arch is None and not config:  # the file contradicts itself
+                raise UserError(damaged(path, "its generator config does not match its weights")) from None
+            raise
     generator = build_generator(name, **merged)
-    _load_state(generator, state, path, name)
+    generator.load_state_dict(state, strict=True)
     return generator.eval().to(device)
 
 
@@ -163,7 +177,7 @@ def _partial_config(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     return out
 
 
-def _load_state(generator: SplitGenerator, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
+def _check_fit(generator: SplitGenerator, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
     expected = generator.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -183,7 +197,6 @@ def _load_state(generator: SplitGenerator, state: dict[str, torch.Tensor], path:
             f"{path} does not fit architecture {arch} (shape mismatch: {_few(wrong)}); "
             "check --arch and the channel options, or omit them to infer them from the file."
         )
-    generator.load_state_dict(state, strict=True)
 
 
 def _few(items: list[str], limit: int = 4) -> str:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fastv2v.bundle import check_teacher as _check_teacher
-from fastv2v.bundle import info_of, load_parts, method_settings, read_bundle, save_bundle
+from fastv2v.bundle import build_parts, info_of, method_settings, read_bundle, save_bundle
 from fastv2v.errors import UserError
 from fastv2v.generators import build_generator
 from fastv2v.generators.base import SplitGenerator
@@ -74,11 +74,13 @@ def load_student(
     from that teacher (same weights) and refuse otherwise."""
     tensors, config = read_bundle(path, KIND, "Fast-Vid2Vid student model", "`fastv2v distill student`")
     try:
-        g = build_generator(config["generator"]["arch"], **config["generator"])
-        s = build_student(config["student"])
+        parts = build_parts(path, tensors, {
+            "teacher": lambda: build_generator(config["generator"]["arch"], **config["generator"]),
+            "student": lambda: build_student(config["student"]),
+        })  # fmt: skip
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path} is damaged: its configuration cannot be built ({exc}).") from None
-    load_parts(path, tensors, {"teacher": g, "student": s})
+    g, s = parts["teacher"], parts["student"]
     check_compatible(g, s, f"{path}'s student")
     interval = config.get("interval", DEFAULT_INTERVAL)
     method = method_settings(config, {"name": "fast", "interval": interval})

@@ -215,6 +215,10 @@ class ShortcutBlock(nn.Module):
         reference_skip: bool = False,
     ):
         super().__init__()
+        if feature_channels < 1 or hidden < 1 or groups < 1:
+            raise ValueError(
+                f"feature_channels, hidden and groups must be >= 1, not {feature_channels}, {hidden}, {groups}"
+            )
         if global_layers < 1 or local_layers < 1:
             raise ValueError("the offset generators need at least one HetConv layer each")
         if groups % 2:

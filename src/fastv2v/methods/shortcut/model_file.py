@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fastv2v.bundle import check_teacher as _check_teacher
-from fastv2v.bundle import info_of, load_parts, method_settings, read_bundle, save_bundle, teacher_fingerprint
+from fastv2v.bundle import build_parts, info_of, method_settings, read_bundle, save_bundle, teacher_fingerprint
 from fastv2v.errors import UserError
 from fastv2v.generators import build_generator
 from fastv2v.generators.base import SplitGenerator
@@ -63,9 +63,11 @@ def load_shortcut(
     that teacher (same weights) and refuse otherwise."""
     how = "`fastv2v distill shortcut` or `fastv2v import shortcut-v2v`"
     tensors, config = read_bundle(path, KIND, "Shortcut-V2V model", how)
-    g = build_generator(config["generator"]["arch"], **config["generator"])
-    b = ShortcutBlock(**config["block"])
-    load_parts(path, tensors, {"teacher": g, "block": b})
+    parts = build_parts(path, tensors, {
+        "teacher": lambda: build_generator(config["generator"]["arch"], **config["generator"]),
+        "block": lambda: ShortcutBlock(**config["block"]),
+    })  # fmt: skip
+    g, b = parts["teacher"], parts["block"]
     interval = config.get("interval", 3)
     defaults = {"name": "shortcut", "interval": interval, "reuse_below": 0.0}
     model = ShortcutModel(g, b, interval, info_of(config, "block"), method_settings(config, defaults))
