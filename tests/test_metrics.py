@@ -396,3 +396,19 @@ def test_lpips_unavailable_and_bad_files(lpips_files, tmp_path):
         LPIPSMeter(heads, net="vgg", backbone_path=backbone)  # AlexNet weights for VGG
     with pytest.raises(UserError, match="missing.pth"):
         LPIPSMeter(tmp_path / "missing.pth")
+
+
+def test_pickle_refused_by_weights_only_is_one_sentence(tmp_path):
+    """torch's refusal is three paragraphs suggesting weights_only=False (unsafe); ours is one line."""
+    import argparse
+
+    from fastv2v.train.losses import VGGPerceptualLoss
+
+    path = tmp_path / "pickled.pth"
+    torch.save({"features.0.weight": torch.zeros(3), "extra": argparse.Namespace(a=1)}, path)
+    for load in (FIDMeter, LPIPSMeter, VGGPerceptualLoss, lambda p: LPIPSMeter(None, backbone_path=p)):
+        with pytest.raises(UserError) as caught:
+            load(path)
+        message = str(caught.value)
+        assert message.startswith(f"{path} is not a plain weights file torch can load safely (weights_only)")
+        assert "\n" not in message and "weights_only=False" not in message

@@ -34,6 +34,7 @@ own. Without heads the unlearned "baseline" variant (all weights 1) is computed 
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def load_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
         else:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"{path} could not be read as a {what} weights file ({exc}); check the file.") from None
+        raise UserError(_unreadable(path, what, exc)) from None
     for key in ("state_dict", "model", "net"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -76,6 +77,16 @@ def load_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
     if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
         raise UserError(f"{path} is not a state dict of tensors; pass a {what} weights file.")
     return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def _unreadable(path: Path, what: str, exc: Exception) -> str:
+    """One sentence for a weights file that does not load. torch's own refusal runs to three
+    paragraphs and suggests ``weights_only=False``, which would run the pickle's code: never."""
+    if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
+        return (f"{path} is not a plain weights file torch can load safely (weights_only): it holds pickled "
+                f"objects besides tensors or is not a checkpoint at all; pass a {what} state dict of tensors.")
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"{path} could not be read as a {what} weights file ({first}); check the file."
 
 
 def _frames_to_tensor(frames, device) -> torch.Tensor:
