@@ -218,3 +218,41 @@ def test_rng_state_round_trip_and_resumable_iterable():
     order = [next(ahead)["input"].flatten().tolist() for _ in range(5)]
     assert sorted(sum(order[:2], []) + order[2][:1]) == [0, 1, 2, 3, 4]  # a permutation per epoch
     assert next(resumable_batches(indexed, 2, seed=4, start_step=4))["input"].flatten().tolist() == order[4]
+
+
+def test_resume_refuses_changed_settings_unless_forced(tmp_path):
+    data = make_samples(2)
+    train_teacher(tiny_config(tmp_path), data, progress=False, max_steps=1)
+
+    def again(**changes):
+        return train_teacher(tiny_config(tmp_path, resume=True, **changes), data, progress=False, max_steps=1)
+
+    with pytest.raises(UserError) as caught:
+        again(size=(64, 64), seed=4)
+    message = str(caught.value)
+    assert "started with --size 32x32 and --seed 3; you gave --size 64x64 and --seed 4" in message
+    assert "--force" in message and "\n" not in message
+    with pytest.raises(UserError, match="--lr 0.0002; you gave --lr 0.001"):
+        again(lr=1e-3)
+    with pytest.raises(UserError, match="with --ngf 4; you gave --ngf 8,"):
+        again(generator={"ngf": 8, "label_nc": LABELS})
+    with pytest.raises(UserError, match="--steps 4 and --decay-steps 0; you gave --steps 6 and --decay-steps 2"):
+        again(steps=6, decay_steps=2)
+    # free: where and how often files are written, loader workers; --steps while the lr is constant
+    again(steps=5, checkpoint_every=1, sample_every=0, num_workers=0)
+    # --force continues with the new settings
+    again(steps=5, seed=4, force=True)
+
+
+@pytest.mark.parametrize("command, target", [(["train", "teacher"], "fastv2v.train.teacher.train_teacher"),
+                                             (["distill", "shortcut"], "fastv2v.train.shortcut.distill_shortcut"),
+                                             (["distill", "student"], "fastv2v.train.student.distill_student")])
+def test_force_option_reaches_the_config(command, target, monkeypatch, tmp_path):
+    from fastv2v.cli import main
+
+    seen = []
+    monkeypatch.setattr(target, lambda config, *a, **k: seen.append(config.force) or tmp_path / "model.safetensors")
+    monkeypatch.setattr("fastv2v.tasks.training_pairs", lambda *a, **k: make_samples(4))
+    base = [*command, "--task", "scenes", "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(base) == 0 and main([*base, "--resume", "--force"]) == 0
+    assert seen == [False, True]

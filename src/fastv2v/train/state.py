@@ -16,13 +16,13 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from fastv2v.atomic import atomic_path
+from fastv2v.atomic import atomic_path, remove_stale_temporaries
 from fastv2v.distributed import local_batch_size
 from fastv2v.errors import UserError
 
@@ -114,10 +114,14 @@ def load_training_state(
     generators: dict[str, torch.Generator] | None = None,
     restore_rng: bool = True,
     map_location: str | torch.device = "cpu",
+    check: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainingState:
     """Restore what :func:`save_training_state` wrote into freshly built ``modules`` and
-    ``optimizers`` (same names, same architecture), and the RNG states unless told not to."""
+    ``optimizers`` (same names, same architecture), and the RNG states unless told not to.
+    ``check(extra)`` runs first, so that a run resumed with other settings is refused with
+    its own message rather than a shape mismatch."""
     path = Path(path)
+    remove_stale_temporaries(path)  # checkpoint writes a killed run left (their owner is gone)
     if not path.is_file():
         raise UserError(f"{path} does not exist; there is no training checkpoint to resume from.")
     try:
@@ -130,6 +134,8 @@ def load_training_state(
         raise UserError(
             f"{path} is not a fastv2v training checkpoint; point resume at the checkpoint.pt of a training run."
         )
+    if check is not None:
+        check(dict(payload.get("extra") or {}))
     for kind, key, targets in (("module", "modules", modules), ("optimizer", "optimizers", optimizers)):
         absent = [name for name in targets if name not in payload[key]]
         if absent:

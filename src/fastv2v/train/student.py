@@ -115,6 +115,7 @@ class StudentTrainingConfig(DistillationConfig):
     sample_every: int = 500
     seed: int = 0
     resume: bool = False
+    force: bool = False  # resume even with settings other than the checkpoint's
     shuffle: bool = True
     num_workers: int = 0
     device: str = "cpu"

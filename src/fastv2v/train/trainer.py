@@ -56,7 +56,7 @@ def run_training(
         models = recipe.build_models(ctx.device)
         optimizers = adam_optimizers(config, models, recipe.trained)
         trained = {name: models[name] for name in recipe.trained}  # plain modules: what checkpoints hold
-        step = resume(recipe, checkpoint_path, trained, optimizers) if config.resume else 0
+        step = resume(recipe, checkpoint_path, trained, optimizers, config) if config.resume else 0
         if ctx.is_main:
             truncate_log(out / LOG, step)
         end = config.steps if max_steps is None else min(config.steps, step + max_steps)
@@ -88,9 +88,11 @@ def run_training(
         return path
 
 
-def resume(recipe: Recipe, checkpoint: Path, trained: dict, optimizers: Optimizers) -> int:
+def resume(recipe: Recipe, checkpoint: Path, trained: dict, optimizers: Optimizers, config: Any = None) -> int:
     """Load ``checkpoint`` into the trained models, their optimizers and the RNGs; returns its step.
-    Every process loads it (to the CPU: RNG states must stay there; load_state_dict copies)."""
-    state = load_training_state(checkpoint, trained, optimizers, generators=recipe.generators())
+    Every process loads it (to the CPU: RNG states must stay there; load_state_dict copies).
+    With ``config``, first refuse settings other than the checkpoint's (see ``check_resume``)."""
+    check = None if config is None else (lambda extra: config.check_resume(extra.get("config"), checkpoint.parent))
+    state = load_training_state(checkpoint, trained, optimizers, generators=recipe.generators(), check=check)
     recipe.check_resumed(checkpoint, state.extra)
     return state.step
