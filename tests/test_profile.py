@@ -206,3 +206,25 @@ def test_weighted_embedding_bag_is_counted():
     weighted = profile(lambda: F.embedding_bag(idx, weight, offsets, mode="sum", per_sample_weights=torch.rand(12)))
     plain = profile(lambda: F.embedding_bag(idx, weight, offsets, mode="sum"))
     assert weighted.macs_exact == 12 * 8 and plain.macs_exact == 0
+
+
+@pytest.mark.parametrize("flags", [["--ngf", "0"], ["--ngf", "-5"], ["--input-nc", "0"], ["--output-nc", "-1"],
+                                   ["--label-nc", "-1"], ["--hidden", "0", "--method", "shortcut"],
+                                   ["--hidden", "-4", "--method", "shortcut"],
+                                   ["--hidden", "6", "--method", "shortcut"],
+                                   ["--arch", "resnet_0blocks"]])  # fmt: skip
+def test_profile_refuses_impossible_widths_in_one_line(flags, capsys):
+    from fastv2v.cli import main
+
+    assert main(["profile", "--size", "32x32", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and (flags[0] in err or "n_blocks" in err), err
+
+
+def test_build_generator_refuses_impossible_widths():
+    from fastv2v.errors import UserError
+    from fastv2v.generators import build_generator
+
+    for config in ({"ngf": 0}, {"input_nc": -1}, {"label_nc": -1}, {"ngf": "32"}):
+        with pytest.raises(UserError, match="cannot build a resnet_6blocks generator"):
+            build_generator("resnet_6blocks", **config)

@@ -85,16 +85,23 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 def _check_translate_paths(args: argparse.Namespace) -> None:
     """INPUT OUTPUT, or --input-list with --out-dir: one or the other, complete."""
+    from fastv2v.atomic import check_output_folder
+    from fastv2v.data.video import check_output
+
     if args.input_list is None:
         if args.out_dir is not None:
             raise UserError("--out-dir goes with --input-list; for one input give INPUT OUTPUT.")
         if args.input is None or args.output is None:
             raise UserError("give INPUT and OUTPUT, or --input-list LIST --out-dir DIR for many videos.")
+        check_output(args.output)  # before the model loads: a bad output path costs no work
         return
     if args.input is not None or args.output is not None:
         raise UserError("--input-list takes its outputs from --out-dir; drop the positional INPUT/OUTPUT.")
     if args.out_dir is None:
         raise UserError("--input-list needs --out-dir DIR, the folder the translated videos go to.")
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        raise UserError(f"--out-dir {args.out_dir} is a file; give a folder (it is created if missing).")
+    check_output_folder(args.out_dir, "--out-dir")
 
 
 def _translate_many(args: argparse.Namespace, pipeline) -> int:
@@ -120,6 +127,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from fastv2v.generators import build_generator, load_generator
     from fastv2v.metrics.profile import format_gmacs, profile
 
+    _check_profile_options(args)
     if args.model:
         generator = load_generator(args.model, arch=args.arch)
     else:
@@ -139,6 +147,18 @@ def cmd_profile(args: argparse.Namespace) -> int:
         _profile_method(args, generator, torch.zeros(1, generator.input_nc, h, w), result)
     print("  exact: true multiply-adds; paper: transposed convs counted at output size (thop/torchprofile, published tables)")
     return 0
+
+
+def _check_profile_options(args: argparse.Namespace) -> None:
+    """Refuse widths a network cannot have (``--ngf 0``, ``--label-nc -1``) before torch fails on them."""
+    for flag, value, low in (("--ngf", args.ngf, 1), ("--input-nc", args.input_nc, 1),
+                             ("--output-nc", args.output_nc, 1), ("--label-nc", args.label_nc, 0),
+                             ("--hidden", args.hidden, 1)):  # fmt: skip
+        if value < low:
+            raise UserError(f"{flag} must be a whole number >= {low}, not {value}; pass a "
+                            f"{'positive' if low else 'non-negative'} value.")
+    if args.method == "shortcut" and args.hidden % 4:
+        raise UserError(f"--hidden must be a multiple of 4 (the block's HetConv groups), not {args.hidden}.")
 
 
 def _profile_method(args: argparse.Namespace, generator, x, teacher) -> None:
@@ -185,6 +205,7 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
         lambda_feat=args.lambda_feat, vgg_weights=args.vgg_weights, ndf=args.ndf, num_D=args.num_d,
         diffaugment=args.diffaugment, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
         seed=args.seed, resume=args.resume, device=args.device, num_workers=args.workers, precision=args.precision,
+        force=args.force,
     )  # fmt: skip
     data = training_pairs(args.task, "train", height=h, width=w, videos=args.data, clips=args.clips)
     heldout = training_pairs(args.task, "heldout", height=h, width=w, videos=args.data)
@@ -239,6 +260,7 @@ def cmd_distill_shortcut(args: argparse.Namespace) -> int:
         lr=args.lr, vgg_weights=args.vgg_weights, checkpoint_every=args.checkpoint_every,
         sample_every=args.sample_every, seed=args.seed, resume=args.resume, device=args.device,
         num_workers=args.workers, reference_skip=not args.official_architecture, precision=args.precision,
+        force=args.force,
     )  # fmt: skip
     return _run_distillation(args, config, distill_shortcut)
 
@@ -254,7 +276,7 @@ def cmd_distill_student(args: argparse.Namespace) -> int:
         steps=args.steps, decay_steps=args.decay_steps, lr=args.lr, motion_weight=args.motion_weight,
         vgg_weights=args.vgg_weights, temporal=args.temporal, max_gap=args.max_gap,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, seed=args.seed, resume=args.resume,
-        device=args.device, num_workers=args.workers, precision=args.precision, init=args.init,
+        device=args.device, num_workers=args.workers, precision=args.precision, init=args.init, force=args.force,
     )  # fmt: skip
     return _run_distillation(args, config, distill_student)
 
@@ -282,6 +304,8 @@ def _add_distillation_options(p: argparse.ArgumentParser, export: str) -> None:
                    help="bf16: forward passes and losses under bfloat16 autocast (fp16 is refused: no loss scaling)")  # fmt: skip
     p.add_argument("--out", required=True, help=f"run folder: checkpoint.pt, samples/, log.jsonl, {export}")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--force", action="store_true", help="with --resume: continue even if settings differ from the run's "
+                   "(the run then no longer continues exactly; --steps may change without it while --decay-steps is 0)")  # fmt: skip
     p.add_argument("--quiet", action="store_true")
 
 
@@ -309,8 +333,10 @@ def cmd_prepare_edges(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from fastv2v.atomic import check_output_folder
     from fastv2v.bench import markdown, run_bench, write_report
 
+    check_output_folder(args.out, "--out")  # before the benchmark, not after minutes of it
     report = run_bench(
         args.model, args.input, methods=args.methods, intervals=args.intervals, dtype=args.dtype, size=args.size,
         frames=args.frames, device=args.device, threads=args.threads, e2e=not args.no_e2e, repeats=args.repeats,
@@ -442,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16: forward passes and losses under bfloat16 autocast (fp16 is refused: no loss scaling)")  # fmt: skip
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, samples/, log.jsonl, generator.safetensors")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--force", action="store_true", help="with --resume: continue even if settings differ from the run's "
+                   "(the run then no longer continues exactly; --steps may change without it while --decay-steps is 0)")  # fmt: skip
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train_teacher)
 
@@ -531,17 +559,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``kill``, a job scheduler) raised as an interrupt, so the same cleanup
+    runs: temporary outputs are deleted and nothing partial is left behind."""
+
+
+def _stop_on_signals():
+    """Make SIGINT and SIGTERM raise once (KeyboardInterrupt / :class:`Terminated`) and ignore
+    repeats while the cleanup that the first one started runs, so a second Ctrl-C cannot cut it
+    short or print "Exception ignored" tracebacks. Returns a function restoring the old handlers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    stopping = []
+
+    def handler(signum, frame):
+        if stopping:
+            return
+        stopping.append(signum)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(sig, old) for sig, old in previous.items()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    restore = _stop_on_signals()
     try:
         return args.func(args)
     except UserError as exc:
         print(f"fastv2v: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print("fastv2v: terminated; no partial output was left at the requested path.", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("fastv2v: interrupted; no partial output was left at the requested path.", file=sys.stderr)
         return 130
+    finally:
+        restore()
 
 
 if __name__ == "__main__":

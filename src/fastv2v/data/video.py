@@ -10,6 +10,7 @@ video, an unwritable folder) becomes a one-sentence :class:`~fastv2v.errors.User
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 import shutil
@@ -51,6 +52,8 @@ class VideoInfo:
     container's own count when it has one (mp4, mov, avi), an estimate from the duration
     otherwise (mkv, webm), ``None`` when neither exists; a truncated file yields fewer.
     ``height``/``width`` are the size of the frames yielded (after the video's rotation tag).
+    ``time_base`` is a video's timestamp unit (None for folders and images, which have no
+    timestamps); :func:`open_writer` takes it to keep each frame's time exactly.
     """
 
     path: Path
@@ -60,6 +63,7 @@ class VideoInfo:
     fps: Fraction
     frames: int | None
     has_audio: bool
+    time_base: Fraction | None = None
 
 
 class FrameSource:
@@ -73,6 +77,8 @@ class FrameSource:
     frames_lost: int = 0
     #: presentation time (seconds) of the frame last yielded, None where the source has none
     frame_time: float | None = None
+    #: the same, exact, for :meth:`FrameWriter.write` (a variable frame rate is kept, not flattened)
+    frame_seconds: Fraction | None = None
 
     def __iter__(self) -> Iterator[np.ndarray]:
         raise NotImplementedError
@@ -238,12 +244,13 @@ class _VideoSource(FrameSource):
         fps = Fraction(fps.numerator, fps.denominator)
         self._exact_count = stream.frames > 0
         frames = stream.frames if self._exact_count else _estimate_frames(container, stream, fps)
-        self.info = VideoInfo(path, "video", h, w, fps, frames, len(container.streams.audio) > 0)
+        time_base = Fraction(stream.time_base) if stream.time_base else None
+        self.info = VideoInfo(path, "video", h, w, fps, frames, len(container.streams.audio) > 0, time_base)
 
     def _start(self):
         path = self._path
         try:
-            container = av.open(str(path))
+            container = av.open(str(path), metadata_errors="replace")  # garbled tags must not stop the frames
         except _AVError as exc:
             if isinstance(exc, PermissionError):
                 raise UserError(f"{path} cannot be read (permission denied); check its permissions.") from None
@@ -298,7 +305,9 @@ class _VideoSource(FrameSource):
             if turns:
                 rgb = np.ascontiguousarray(np.rot90(rgb, turns))
             decoded += 1
-            self.frame_time = float(frame.time) if frame.time is not None else None
+            pts, tb = frame.pts, self.info.time_base
+            self.frame_seconds = Fraction(pts) * tb if pts is not None and tb is not None else None
+            self.frame_time = float(self.frame_seconds) if self.frame_seconds is not None else None
             yield rgb
         expected = self.info.frames or 0
         lost = max(0, expected - decoded)
@@ -362,14 +371,19 @@ class FrameWriter:
                 raise _unwritable(path, exc) from None
             raise
 
-    def write(self, frame: np.ndarray) -> None:
-        """Append one frame: HxWx3 uint8 RGB (a folder or PNG also takes HxW integer labels)."""
+    def write(self, frame: np.ndarray, time: Fraction | None = None) -> None:
+        """Append one frame: HxWx3 uint8 RGB (a folder or PNG also takes HxW integer labels).
+
+        ``time``: the input frame's presentation time in seconds (``FrameSource.frame_seconds``);
+        a video output then keeps the input's timing, variable frame rate included. Without it
+        frames are spaced evenly at ``fps``. Folders and images have no timestamps.
+        """
         if self._done:
             raise ValueError(f"writer for {self.path} is closed")
         frame = np.asarray(frame)
         self._check(frame)
         try:
-            self._write(frame)
+            self._write(frame, time)
         except _AVError as exc:
             raise UserError(f"Writing {self.path} failed ({exc}); check free disk space and permissions.") from None
         self.frames_written += 1
@@ -430,7 +444,7 @@ class FrameWriter:
         if frame.shape[0] < 1 or frame.shape[1] < 1:
             raise ValueError(f"empty frame {frame.shape}")
 
-    def _write(self, frame: np.ndarray) -> None:
+    def _write(self, frame: np.ndarray, time: Fraction | None) -> None:
         raise NotImplementedError
 
     def _finish(self) -> None:
@@ -452,10 +466,11 @@ def open_writer(
     lossless: bool = False,
     crf: int = 18,
     preset: str = "medium",
+    time_base: Fraction | None = None,
 ) -> FrameWriter:
     """Open an output for frames; its kind follows the path.
 
-    * ``.mp4/.mov/.mkv``: H.264 at exactly ``fps``. Lossy (default): libx264, ``crf``,
+    * ``.mp4/.mov/.mkv``: H.264 at exactly ``fps`` (or at each frame's ``time``). Lossy (default): libx264, ``crf``,
       yuv420p, tagged BT.709 limited range, so it plays everywhere; yuv420p needs even sizes,
       so an odd height/width is padded by one replicated row/column at the bottom/right
       (the file is then one pixel larger than the frames). ``lossless=True``: libx264rgb at
@@ -470,9 +485,29 @@ def open_writer(
     aligned to its first video frame and cut at the end of the written frames: packets are
     copied as they are when the container takes the codec, otherwise transcoded to AAC.
     Images and folders carry no audio. Unwritable locations are reported here, at open time.
+
+    ``time_base``: the input's timestamp unit (``VideoInfo.time_base``), given when frames are
+    written with their input times, so those times are stored exactly (see ``write``).
     """
     path = Path(path)
     rate = parse_fps(fps)
+    kind = check_output(path)
+    if kind == "video":
+        audio = _AudioSource.open(Path(audio_from)) if audio_from is not None else None
+        return _VideoWriter(path, rate, audio, lossless, crf, preset, time_base)
+    if kind == "image":
+        return _ImageWriter(path)
+    return _FolderWriter(path)
+
+
+def check_output(path: str | os.PathLike) -> str:
+    """The kind of output ``path`` asks for (``video``, ``image`` or ``folder``), after refusing in
+    one sentence a path that cannot take it; callers run it before any model work, so a bad
+    output path never costs a finished translation."""
+    from fastv2v.atomic import check_name_length
+
+    path = Path(path)
+    check_name_length(path)
     suffix = path.suffix.lower()
     if path.is_dir():
         kind = "folder"
@@ -482,6 +517,11 @@ def open_writer(
         kind = "image"
     elif suffix == "":
         kind = "folder"
+        if path.exists():
+            raise UserError(
+                f"{path} is an existing file, but an output without a video or image extension is a folder of "
+                "PNG frames; remove the file, or name the output .mp4 for a video."
+            )
     else:
         raise UserError(
             f"{path} has an unsupported extension {path.suffix!r}; use .mp4/.mov/.mkv for video, "
@@ -505,12 +545,7 @@ def open_writer(
                 f"{path} is an existing folder holding other files (e.g. {strays[0]}); "
                 "choose a new or empty folder for the output frames."
             )
-    if kind == "video":
-        audio = _AudioSource.open(Path(audio_from)) if audio_from is not None else None
-        return _VideoWriter(path, rate, audio, lossless, crf, preset)
-    if kind == "image":
-        return _ImageWriter(path)
-    return _FolderWriter(path)
+    return kind
 
 
 def _unwritable(path: Path, exc: BaseException) -> UserError:
@@ -554,7 +589,7 @@ class _FolderWriter(FrameWriter):
             raise ValueError(f"frame shape {frame.shape} differs from the first frame {self._shape}")
         self._shape = frame.shape
 
-    def _write(self, frame: np.ndarray) -> None:
+    def _write(self, frame: np.ndarray, time: Fraction | None) -> None:
         labels = _as_label_pixels(frame)
         _imwrite(self._tmp / f"{self.frames_written:06d}.png", frame if labels is None else labels)
 
@@ -574,7 +609,7 @@ class _ImageWriter(FrameWriter):
                 "give a video (.mp4) or a folder path as the output."
             )
 
-    def _write(self, frame: np.ndarray) -> None:
+    def _write(self, frame: np.ndarray, time: Fraction | None) -> None:
         labels = _as_label_pixels(frame)
         deep_ok = self._tmp.suffix.lower() in (".png", ".tif", ".tiff")
         if labels is not None and labels.dtype == np.uint16 and not deep_ok:
@@ -584,9 +619,14 @@ class _ImageWriter(FrameWriter):
 
 class _VideoWriter(FrameWriter):
     kind = "video"
+    #: audio packets of a damaged input that could not be copied (out-of-order times); set on close
+    audio_packets_dropped = 0
 
-    def __init__(self, path, fps, audio, lossless, crf, preset):
+    def __init__(self, path, fps, audio, lossless, crf, preset, time_base=None):
         self._fps = fps
+        self._in_base = Fraction(time_base) if time_base else None
+        self._first_time = None  # input time of the first frame: output time zero
+        self._seconds: list[Fraction] = []  # output times of the last two frames written
         self._audio = audio
         self._lossless = lossless
         self._crf = crf
@@ -614,7 +654,7 @@ class _VideoWriter(FrameWriter):
         self._pad = (0, 0) if self._lossless else (height % 2, width % 2)
         stream = self._container.add_stream("libx264rgb" if self._lossless else "libx264", rate=self._fps)
         stream.height, stream.width = height + self._pad[0], width + self._pad[1]
-        self._time_base = Fraction(self._fps.denominator, self._fps.numerator)
+        self._time_base = self._output_time_base()
         stream.time_base = self._time_base
         stream.codec_context.time_base = self._time_base
         if self._lossless:
@@ -630,7 +670,37 @@ class _VideoWriter(FrameWriter):
         if self._audio is not None:
             self._audio.attach(self._container)
 
-    def _write(self, frame: np.ndarray) -> None:
+    def _output_time_base(self) -> Fraction:
+        """1/fps; with input times, the coarsest unit that holds both them and the 1/fps grid."""
+        step = 1 / self._fps
+        if self._in_base is None:
+            return step
+        both = Fraction(math.gcd(step.numerator, self._in_base.numerator),
+                        math.lcm(step.denominator, self._in_base.denominator))  # fmt: skip
+        return both if both.denominator < 1 << 24 else self._in_base  # mp4 wants a 32-bit timescale
+
+    def _seconds_of(self, time: Fraction | None) -> Fraction:
+        """Output time of the next frame: its input time less the first frame's, or one step on.
+
+        An input time that is a 1/fps grid point rounded to the input's unit (29.97 fps in
+        milliseconds) is put back on the grid, so a constant-rate input stays exactly constant.
+        """
+        step = 1 / self._fps
+        if time is None:
+            return self._seconds[-1] + step if self._seconds else Fraction(0)
+        if self._first_time is None:
+            self._first_time = time
+            if self._audio is not None:
+                self._audio.start_at(time)  # audio time zero is the output's first frame
+        seconds = Fraction(time) - self._first_time
+        if abs(seconds) > 1 << 31:  # a garbled timestamp (over 68 years): space this frame evenly
+            return self._seconds[-1] + step if self._seconds else Fraction(0)
+        grid = round(seconds * self._fps) * step
+        if self._in_base is not None and abs(seconds - grid) <= self._in_base / 2:
+            seconds = grid
+        return seconds
+
+    def _write(self, frame: np.ndarray, time: Fraction | None) -> None:
         if self._stream is None:
             self._add_streams(*frame.shape[:2])
         if any(self._pad):
@@ -638,17 +708,26 @@ class _VideoWriter(FrameWriter):
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         if not self._lossless:
             vf = vf.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
-        vf.pts = self.frames_written
+        seconds = self._seconds_of(time)
+        pts = round(seconds / self._time_base)
+        if self._seconds and pts <= round(self._seconds[-1] / self._time_base):
+            pts = round(self._seconds[-1] / self._time_base) + 1  # the encoder needs rising times
+        seconds = pts * self._time_base
+        vf.pts = pts
         vf.time_base = self._time_base
         self._container.mux(self._stream.encode(vf))
+        self._seconds = [*self._seconds[-1:], seconds]
         if self._audio is not None:
-            self._audio.copy_until(Fraction(self.frames_written + 1) / self._fps)
+            self._audio.copy_until(seconds + 1 / self._fps)
 
     def _finish(self) -> None:
         self._container.mux(self._stream.encode(None))
         if self._audio is not None:
-            self._audio.finish(Fraction(self.frames_written) / self._fps)
-            self._audio = None
+            # The last frame lasts as long as the one before it (one 1/fps step for a lone frame).
+            last = self._seconds[-1] - self._seconds[0] if len(self._seconds) == 2 else 1 / self._fps
+            audio, self._audio = self._audio, None
+            audio.finish(self._seconds[-1] + last)
+            self.audio_packets_dropped = audio.packets_dropped
         self._container.close()
 
     def _discard(self) -> None:
@@ -681,12 +760,19 @@ class _AudioSource:
         if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
             return None  # frames carry no audio
         try:
-            container = av.open(str(path))
+            container = av.open(str(path), metadata_errors="replace")
         except _AVError:
             raise UserError(f"{path} (the audio source) is not a readable video; check the path.") from None
         if not container.streams.audio:
             container.close()
             return None
+        audio = container.streams.audio[0].codec_context
+        if audio is None or not audio.sample_rate or not audio.layout.nb_channels:  # a damaged header
+            container.close()
+            raise UserError(
+                f"{path} has an audio stream that cannot be read (damaged, or an unknown codec); re-encode the file "
+                f"or drop its audio first: ffmpeg -i {path} -an -c:v copy silent.mp4"
+            )
         return cls(container)
 
     def __init__(self, container):
@@ -698,6 +784,12 @@ class _AudioSource:
         self._offset = Fraction(start) * video.time_base if start is not None else Fraction(0)
         self._packets = None
         self._out = None
+        self.packets_dropped = 0  # copied packets the muxer refused (a damaged input)
+
+    def start_at(self, seconds: Fraction) -> None:
+        """Align audio to the input time ``seconds`` (the first frame written) instead of the
+        video stream's start; call before any audio is copied."""
+        self._offset = Fraction(seconds)
 
     def attach(self, container) -> None:
         """Add the output audio stream; must happen before the first packet is muxed."""
@@ -753,7 +845,10 @@ class _AudioSource:
             if packet.dts is not None:
                 packet.dts -= shift
             packet.stream = self._out
-            self._container.mux(packet)
+            try:
+                self._container.mux(packet)
+            except av.error.ArgumentError:  # damaged timestamps (out of order): drop the packet, as players do
+                self.packets_dropped += 1
             return
         try:
             frames = packet.decode()

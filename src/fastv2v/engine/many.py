@@ -1,10 +1,14 @@
 """Translate many videos in one run: ``fastv2v translate --input-list videos.txt --out-dir DIR``.
 
 Each input goes through :func:`fastv2v.engine.translate.translate` into ``DIR/<stem>.mp4``.
-Outputs are written under a temporary name and renamed when complete, so an output that exists
-is complete: a run started again (after a crash, a kill, or a fix to a bad input) skips those
-and does the rest, after removing temporary files a killed run left for its items. A video that
-fails is reported with its reason and the others go on.
+Outputs are written under a temporary name and renamed when complete; then a record of the
+success (output name, frame count, the input's and the output's size and modification time) is
+written to ``DIR/.fastv2v-complete/``. A run started again (after a crash, a kill, or a fix to a
+bad input) skips the outputs whose record still matches both files and redoes every other one:
+an output's mere existence proves nothing (it may predate the run, or have been replaced).
+A truncated input fails and its partial output is not put in place. Temporary files that killed
+runs left for this run's outputs are removed when their owner process is gone, never while it
+runs (two runs may share DIR). A video that fails is reported with its reason and the others go on.
 
 Launched by ``torchrun`` the list is split across processes: rank ``r`` of ``W`` takes items
 ``r, r + W, ...`` of the list in its order, so no two processes write the same file, each
@@ -14,14 +18,19 @@ and rank 0 prints the overall summary.
 
 from __future__ import annotations
 
-import re
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from fastv2v.atomic import atomic_path, check_name_length, remove_stale_temporaries, stale_temporaries
 from fastv2v.data.video import natural_key
 from fastv2v.errors import UserError
+
+#: The folder of DIR holding one record per complete output (see :func:`write_record`).
+RECORDS = ".fastv2v-complete"
 
 #: Files of a folder given as the input list that are taken as videos.
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm"})
@@ -29,7 +38,7 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm"})
 
 @dataclass
 class ItemResult:
-    """What happened to one input: ``done``, ``skipped`` (its output already existed) or ``failed``."""
+    """What happened to one input: ``done``, ``skipped`` (its output was recorded complete) or ``failed``."""
 
     source: str
     output: str
@@ -99,6 +108,7 @@ def plan_outputs(inputs: list[Path], out_dir: str | Path, suffix: str = ".mp4") 
     plan = []
     for src in inputs:
         name = (src.stem if src.suffix else src.name) + suffix
+        check_name_length(out_dir / name)
         key = name.lower()  # case-insensitive file systems would collide too
         if key in seen:
             other = seen[key]
@@ -110,15 +120,70 @@ def plan_outputs(inputs: list[Path], out_dir: str | Path, suffix: str = ".mp4") 
             )
         seen[key] = src
         plan.append((src, out_dir / name))
+    # An output that is one of the inputs (the same path, or a link to it) would replace it.
+    files = {key: src for src in inputs if (key := _file_id(src)) is not None}
+    for _, out in plan:
+        src = files.get(_file_id(out))
+        if src is not None:
+            raise UserError(
+                f"{src} would be replaced by the output {out}; choose an --out-dir that holds none of the inputs."
+            )
     return plan
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode): equal for two names of one file, symbolic and hard links included."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def stale_partials(output: Path) -> list[Path]:
-    """Temporary files an interrupted write of ``output`` left beside it (see :mod:`fastv2v.atomic`)."""
-    pattern = re.compile(rf"\.{re.escape(output.stem)}\.[0-9a-f]{{8}}\.partial{re.escape(output.suffix)}")
-    if not output.parent.is_dir():
-        return []
-    return sorted(p for p in output.parent.iterdir() if pattern.fullmatch(p.name))
+    """Temporary files an interrupted write of ``output`` left beside it whose owner process is gone
+    (see :func:`fastv2v.atomic.stale_temporaries`); a live run's are not among them."""
+    return stale_temporaries(output)
+
+
+def record_path(output: Path) -> Path:
+    """Where the record of ``output``'s success lives (named by a hash: any output name fits)."""
+    digest = hashlib.sha1(output.name.encode()).hexdigest()[:16]
+    return output.parent / RECORDS / f"{digest}.json"
+
+
+def _fingerprint(path: Path) -> dict[str, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def write_record(source: Path, output: Path, frames: int) -> None:
+    """Record that ``output`` was completed from ``source`` as they are now; written atomically,
+    and only after the output is in place, so a kill in between means "redo", never "complete"."""
+    record = {"output": output.name, "source": str(source), "frames": frames,
+              "input": _fingerprint(source), "written": _fingerprint(output)}  # fmt: skip
+    path = record_path(output)
+    path.parent.mkdir(exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record) + "\n")
+
+
+def is_complete(source: Path, output: Path) -> bool:
+    """Whether ``output`` is the complete result a record says it is: the record names it, the
+    output's size and time are the recorded ones, and the input (when still there) is unchanged."""
+    try:
+        record = json.loads(record_path(output).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or record.get("output") != output.name:
+        return False
+    if record.get("written") is None or _fingerprint(output) != record["written"]:
+        return False
+    now = _fingerprint(source)
+    return now is None or now == record.get("input")
 
 
 def translate_many(
@@ -167,17 +232,18 @@ def translate_many(
         prefix = f"[{ctx.rank}/{ctx.world_size}] " if ctx.world_size > 1 else ""
         results: list[tuple[int, ItemResult]] = []
         for index, (src, out) in mine:
-            for tmp in stale_partials(out):  # left by a killed run; this process owns this output
-                _remove(tmp)
+            remove_stale_temporaries(out)  # left by killed runs (never a live run's)
             item = ItemResult(str(src), str(out), "skipped", rank=ctx.rank)
-            if out.exists():
+            if is_complete(src, out):
                 log(f"{prefix}skip {src}: {out} is already complete")
             else:
+                if out.exists():
+                    log(f"{prefix}redo {src}: {out} has no record of a complete run for this input")
                 tick = time.perf_counter()
                 try:
                     report = translate(
                         pipeline, src, out, device=str(ctx.device), progress=progress and
-                        ctx.world_size == 1, **translate_kwargs,
+                        ctx.world_size == 1, complete_only=True, **translate_kwargs,
                     )  # fmt: skip
                 except Exception as exc:  # noqa: BLE001 (report it, go on with the others)
                     item.status, item.reason = "failed", _reason(exc)
@@ -185,16 +251,9 @@ def translate_many(
                 else:
                     item.status, item.frames = "done", report.frames
                     item.seconds = time.perf_counter() - tick
-                    if report.frames_lost:
-                        item.status = "failed"
-                        item.reason = (
-                            f"truncated: {report.frames_lost} frames could not be decoded after frame {report.frames} "
-                            f"(the {report.frames} that decoded are in {out}; delete it after re-copying the input)"
-                        )
-                        log(f"{prefix}FAILED {src}: {item.reason}")
-                    else:
-                        log(f"{prefix}done {src} -> {out}: {report.frames} frames, {report.e2e_fps:.2f} frames/s "
-                            "end to end")
+                    write_record(src, out, report.frames)
+                    log(f"{prefix}done {src} -> {out}: {report.frames} frames, {report.e2e_fps:.2f} frames/s "
+                        "end to end")
             results.append((index, item))
         gathered = ctx.all_gather_object(results)
     finally:
@@ -210,12 +269,4 @@ def _reason(exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
-
-def _remove(path: Path) -> None:
-    import shutil
-
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 

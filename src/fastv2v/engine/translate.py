@@ -8,6 +8,7 @@ appears at the requested path only once complete (the writer renames a temporary
 
 from __future__ import annotations
 
+import collections
 import itertools
 import sys
 import time
@@ -37,6 +38,7 @@ class TranslateReport:
     model_size: tuple[int, int]
     fps: Any
     frames_buffered: int | None = None  # buffered methods: the most frames held back (added latency)
+    audio_packets_dropped: int = 0  # damaged audio packets of the input left out (said in the summary)
 
     @property
     def e2e_fps(self) -> float:
@@ -56,6 +58,10 @@ class TranslateReport:
             seconds = f" = {float(held / self.fps):.2f} s at {float(self.fps):.4g} fps" if self.fps else ""
             frames = f"{held} frame{'s' if held != 1 else ''}"
             text += f"; added latency: up to {frames}{seconds} held for the next key frame"
+        if self.audio_packets_dropped:
+            n = self.audio_packets_dropped
+            packets = f"{n} damaged audio packet{'s' if n != 1 else ''}"
+            text += f"; {packets} of {self.source} could not be copied and were left out"
         return text
 
 
@@ -118,9 +124,9 @@ def run_stream(
 def constant_rate(frames, fps, source: str) -> Iterator[np.ndarray]:
     """The frames of a source, refusing a video whose timestamps are not evenly spaced.
 
-    Interpolation between key frames places each in-between frame by its index, and the output
-    is written at one constant rate: on a variable-frame-rate video the in-between frames would
-    show the wrong moments and the timing of the result would differ from the input's. Such a file
+    Interpolation between key frames places each in-between frame by its index, as if frames
+    were evenly spaced: on a variable-frame-rate video the in-between frames would show the
+    wrong moments (per-frame methods keep each frame's own time instead, see :func:`translate`). Such a file
     is refused, with the one command that makes it constant-rate. A frame interval within a quarter
     of the nominal one (timestamp rounding, 29.97 fps in a millisecond time base) is fine.
     """
@@ -152,12 +158,17 @@ def translate(
     resize_mode: str = "pad",
     progress: bool = True,
     max_frames: int | None = None,
+    complete_only: bool = False,
 ) -> TranslateReport:
     """Translate a video, image folder or image ``source`` into ``output`` (mp4, folder or image)
     with ``pipeline`` (:class:`fastv2v.pipeline.Pipeline`; a bare generator runs the teacher).
-    ``max_frames``: translate only the first that many frames (the benchmark's clip length)."""
+    ``max_frames``: translate only the first that many frames (the benchmark's clip length).
+    ``complete_only``: a truncated ``source`` is an error and its partial output is not put in
+    place (``--input-list``, where an output at its path must mean a complete one); otherwise the
+    frames that decoded are written and ``frames_lost`` says how many did not."""
     from fastv2v.data.resize import Resizer
-    from fastv2v.data.video import open_frames, open_writer
+    from fastv2v.atomic import check_name_length, same_file
+    from fastv2v.data.video import check_output, open_frames, open_writer
 
     dev = resolve_device(device)
     if not hasattr(pipeline, "method"):
@@ -167,8 +178,10 @@ def translate(
     pipeline = pipeline.to(dev)
     generator = pipeline.teacher
     source, output = str(source), str(output)
-    if Path(output).exists() and Path(output).resolve() == Path(source).resolve():
+    check_name_length(output)
+    if Path(output).exists() and same_file(output, source):  # also through a symbolic or hard link
         raise UserError(f"{output} is the input itself; give another output path (the input is never overwritten).")
+    check_output(output)
     start = time.perf_counter()  # end to end: opening, decoding, model, encoding, muxing, renaming
     with open_frames(source, labels=generator.input_kind == "labels") as frames:
         info = frames.info
@@ -177,23 +190,40 @@ def translate(
         audio = source if info.has_audio else None
         buffered = pipeline.latency > 0
         decoded = constant_rate(frames, info.fps, source) if buffered and info.kind == "video" else frames
+        # Each output frame is written at its input frame's time (outputs come in input order, one
+        # each), so a variable frame rate survives and copied audio stays in sync.
+        times: collections.deque = collections.deque()
+        decoded = _stamped(decoded, frames, times)
         if max_frames is not None:
             decoded = itertools.islice(decoded, max_frames)
-        with open_writer(output, fps=info.fps, audio_from=audio) as writer:
+        with open_writer(output, fps=info.fps, audio_from=audio, time_base=info.time_base) as writer:
             stats = run_stream(
                 pipeline, (resizer.to_model(f) for f in decoded),
-                lambda _, result: writer.write(resizer.from_model(result)),
+                lambda _, result: writer.write(resizer.from_model(result), time=times.popleft()),
                 device=dev, dtype=dtype, batch=batch, source=source, total=info.frames, progress=progress,
             )  # fmt: skip
             if buffered:
                 _check_length(pipeline, stats.frames, source)  # before the output is put in place
+            if complete_only and frames.frames_lost:
+                raise UserError(
+                    f"{source} is truncated: {frames.frames_lost} frames could not be decoded after frame "
+                    f"{stats.frames}, so nothing was written to {output}; re-copy or re-encode the input and run again."
+                )
         total = time.perf_counter() - start
         lost = frames.frames_lost
+        dropped = getattr(writer, "audio_packets_dropped", 0)
     return TranslateReport(
         source=source, output=output, frames=stats.frames, frames_lost=lost, seconds_total=total,
         seconds_model=stats.seconds_model, input_size=(info.height, info.width), model_size=resizer.model_size,
-        fps=info.fps, frames_buffered=stats.frames_buffered,
+        fps=info.fps, frames_buffered=stats.frames_buffered, audio_packets_dropped=dropped,
     )  # fmt: skip
+
+
+def _stamped(frames: Iterable[np.ndarray], source: Any, times: collections.deque) -> Iterator[np.ndarray]:
+    """``frames``, recording each one's presentation time (``source.frame_seconds``) in ``times``."""
+    for frame in frames:
+        times.append(getattr(source, "frame_seconds", None))
+        yield frame
 
 
 def _check_length(pipeline, frames: int, source: str) -> None:
