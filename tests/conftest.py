@@ -105,6 +105,13 @@ def make_image_folder(tmp_path):
     return make
 
 
+def run_online(method, xs):
+    """Raw outputs and key flags of a method over model-input tensors, through the one loop."""
+    from fastv2v.engine.loop import drive
+
+    return [(o.y, o.key) for o in drive(method, xs)]
+
+
 def assert_videos_do_not_mix(method, video_a, video_b) -> None:
     """Each video's outputs are the same whether it runs alone or interleaved frame by frame with
     another one through the same method (push/flush): the per-video state really is per video."""

@@ -6,14 +6,9 @@ import torch
 from fastv2v import UserError
 from fastv2v.generators import ResnetGenerator
 from fastv2v.methods.schedules import AdaptiveInterval, drift_score
-from fastv2v.engine.loop import drive
 from fastv2v.methods.shortcut import ShortcutBlock, ShortcutMethod
 
-from conftest import assert_videos_do_not_mix
-
-def run_online(method, xs):
-    """Raw outputs and key flags of a method over model-input tensors, through the one loop."""
-    return [(o.y, o.key) for o in drive(method, xs)]
+from conftest import assert_videos_do_not_mix, run_online
 
 
 

@@ -8,18 +8,13 @@ from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
 from fastv2v import UserError
 from fastv2v.generators import ResnetGenerator
-from fastv2v.engine.loop import drive
 from fastv2v.methods.base import METHODS
 from fastv2v.methods.shortcut import HetConv, ShortcutBlock, ShortcutMethod
 from fastv2v.metrics.profile import profile
 
-from conftest import assert_videos_do_not_mix
+from conftest import assert_videos_do_not_mix, run_online
 
 C, HID = 16, 8
-
-def run_online(method, xs):
-    """Raw outputs and key flags of a method over model-input tensors, through the one loop."""
-    return [(o.y, o.key) for o in drive(method, xs)]
 
 
 

@@ -9,18 +9,15 @@ import fastv2v
 from fastv2v import UserError
 from fastv2v.cli import main
 from fastv2v.generators import ResnetGenerator, save_generator
-from fastv2v.engine.loop import drive
 from fastv2v.methods.shortcut import ShortcutBlock, ShortcutMethod
 from fastv2v.methods.shortcut.official import import_official, infer_block_config
 from fastv2v.methods.shortcut.model_file import ShortcutModel, load_shortcut, save_shortcut, teacher_fingerprint
 
+from conftest import run_online
+
 from test_shortcut_block import official_forward, randomise
 
 C, HID = 16, 8  # ngf 8 teacher -> 16 feature channels
-
-def run_online(method, xs):
-    """Raw outputs and key flags of a method over model-input tensors, through the one loop."""
-    return [(o.y, o.key) for o in drive(method, xs)]
 
 
 

@@ -17,14 +17,11 @@ from fastv2v.generators.student import (
     feature_mapping,
     student_from_teacher,
 )
-from fastv2v.engine.loop import drive
 from fastv2v.methods.student import Fast, Spatial
 from fastv2v.methods.student_model import StudentModel, load_student, save_student
 from fastv2v.metrics.profile import profile
 
-def run_online(method, xs):
-    """Raw outputs and key flags of a method over model-input tensors, through the one loop."""
-    return [(o.y, o.key) for o in drive(method, xs)]
+from conftest import run_online
 
 
 
