@@ -105,6 +105,32 @@ def make_image_folder(tmp_path):
     return make
 
 
+@pytest.fixture
+def teacher(tmp_path):
+    """A tiny upstream CycleGAN generator file (DataParallel ``module.`` keys, as upstream saves)."""
+    import torch
+
+    from fastv2v.generators import ResnetGenerator
+
+    torch.manual_seed(0)
+    path = tmp_path / "latest_net_G_A.pth"
+    torch.save({f"module.{k}": v for k, v in ResnetGenerator(ngf=4, n_blocks=1).state_dict().items()}, path)
+    return path
+
+
+def frame_count(path) -> int:
+    """Frames in a video, folder or image, as fastv2v decodes them."""
+    from fastv2v.data.video import open_frames
+
+    with open_frames(path) as frames:
+        return sum(1 for _ in frames)
+
+
+def visible(folder) -> list[str]:
+    """The names in a folder a user sees (hidden temporaries and records left out)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def run_online(method, xs):
     """Raw outputs and key flags of a method over model-input tensors, through the one loop."""
     from fastv2v.engine.loop import drive

@@ -7,24 +7,15 @@ import sys
 import textwrap
 
 import pytest
-import torch
 
 from fastv2v import UserError
 from fastv2v.cli import main
-from fastv2v.data.video import open_frames
 from fastv2v.engine.many import plan_outputs, read_input_list
-from fastv2v.generators import ResnetGenerator
 from fastv2v.train.distributed import DistributedContext
 
+from conftest import frame_count, visible
+
 FRAMES = {"a": 4, "b": 60, "c": 5}  # b outlasts x264's lookahead, so its killed write has begun a file
-
-
-@pytest.fixture
-def teacher(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "G.pth"
-    torch.save(ResnetGenerator(ngf=4, n_blocks=1).state_dict(), path)
-    return path
 
 
 @pytest.fixture
@@ -38,17 +29,8 @@ def videos(make_video, tmp_path):
     return listing
 
 
-def frame_count(path):
-    with open_frames(path) as frames:
-        return sum(1 for _ in frames)
-
-
 def leftovers(folder):
     return sorted(p.name for p in folder.iterdir() if ".partial" in p.name)
-
-
-def visible(folder):
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
 def cli(args, capsys):

@@ -12,20 +12,11 @@ import textwrap
 import time
 
 import pytest
-import torch
 from torch import nn
 
 from fastv2v.cli import main
-from fastv2v.data.video import open_frames
-from fastv2v.generators import ResnetGenerator
 
-
-@pytest.fixture
-def teacher(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "G.pth"
-    torch.save(ResnetGenerator(ngf=4, n_blocks=1).state_dict(), path)
-    return path
+from conftest import frame_count, visible
 
 
 def run(args, capsys):
@@ -39,17 +30,8 @@ def one_sentence(err):
     return line.startswith("fastv2v: error:") and "\n" not in line and "Traceback" not in line
 
 
-def frame_count(path):
-    with open_frames(path) as frames:
-        return sum(1 for _ in frames)
-
-
 def temporaries(folder):
     return sorted(p.name for p in folder.iterdir() if ".partial" in p.name)
-
-
-def visible(folder):
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
 @pytest.fixture
@@ -187,6 +169,7 @@ if sys.argv[1] == "--slow-cleanup":  # cleanup long enough for a second Ctrl-C t
     atomic._remove = slow_remove
     del sys.argv[1]
 from fastv2v.cli import main
+
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -15,14 +15,6 @@ from fastv2v.data.video import open_frames
 from fastv2v.generators import GlobalGenerator, ResnetGenerator, load_generator, save_generator
 
 
-@pytest.fixture
-def teacher(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "latest_net_G_A.pth"
-    torch.save({f"module.{k}": v for k, v in ResnetGenerator(ngf=4, n_blocks=1).state_dict().items()}, path)
-    return path
-
-
 def run(args, capsys):
     code = main([str(a) for a in args])
     captured = capsys.readouterr()

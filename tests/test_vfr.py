@@ -4,25 +4,14 @@ from fractions import Fraction
 
 import av
 import numpy as np
-import pytest
-import torch
 
 from conftest import synthetic_frame
 from fastv2v.cli import main
 from fastv2v.data.video import open_frames, open_writer
-from fastv2v.generators import ResnetGenerator
 
 MS = Fraction(1, 1000)
 #: frame times in ms, with gaps of 0.2 s and 0.4 s (a screen recording, a phone clip)
 VFR_MS = [0, 100, 200, 400, 500, 600, 1000, 1100]
-
-
-@pytest.fixture
-def teacher(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "latest_net_G_A.pth"
-    torch.save({f"module.{k}": v for k, v in ResnetGenerator(ngf=4, n_blocks=1).state_dict().items()}, path)
-    return path
 
 
 def make_vfr(path, times_ms=VFR_MS, audio=True):
