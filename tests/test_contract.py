@@ -137,3 +137,19 @@ def test_fast_kernels_are_opt_in_and_equal_to_rounding(name, method):
             torch.testing.assert_close(a.y, b.y, atol=1e-4, rtol=0)
     with pytest.raises(UserError, match="--kernels takes torch or fast"):
         Pipeline.from_file(WEIGHTS_DIR / name, method, kernels="cuda")
+
+
+@pytest.mark.parametrize("name,method,settings", [
+    ("edges_teacher.safetensors", "interp", {"interval": 2, "keyframes": "peaks"}),
+    ("edges_shortcut.safetensors", "shortcut", {"interval": "auto"}),
+    ("scenes_student.safetensors", "fast", {"interval": 8}),
+    ("scenes_shortcut.safetensors", "repeat", {"interval": 4}),
+])
+def test_a_saved_pipeline_runs_as_it_was(name, method, settings, clips, tmp_path):
+    """``Pipeline.save`` (what ``fastv2v tune`` writes): the file's own method and settings are the
+    saved ones, and it gives the same outputs."""
+    pipeline = Pipeline.from_file(WEIGHTS_DIR / name, method, **settings)
+    again = Pipeline.from_file(pipeline.save(tmp_path / "pipeline.safetensors"))
+    assert (again.name, again.settings) == (pipeline.name, pipeline.settings)
+    video = clips[name.split("_")[0]][0]
+    assert all(torch.equal(a.y, b.y) for a, b in zip(drive(pipeline, video), drive(again, video)))

@@ -367,6 +367,26 @@ def _bench_command(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from fastv2v.atomic import check_output_folder
+    from fastv2v.tune import Target, tune, write_result
+
+    target = Target.parse(args.target)
+    check_output_folder(args.out, "--out")
+    result = tune(args.model, args.input, target, size=args.size, frames=args.frames,
+                  budget_seconds=args.budget_seconds, kernels=args.kernels, progress=not args.quiet)  # fmt: skip
+    pipeline = write_result(result, args.model, Path(args.out))
+    if pipeline is None:
+        c = result.closest
+        closest = f"; the closest is {c.label} on {c.model} ({c.speedup:.2f}x, {c.psnr:.2f} dB)" if c else ""
+        raise UserError(f"no candidate pipeline reaches {args.target} on these clips{closest}; see {args.out}/tune.md.")
+    c = result.chosen
+    size = f" --size {args.size[0]}x{args.size[1]}" if args.size else ""
+    print(f"chosen: {c.label} on {c.model}: {c.speedup:.2f}x end to end, {c.psnr:.2f} dB to the teacher; "
+          f"run it with: fastv2v translate IN OUT --model {pipeline}{size}")  # fmt: skip
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fastv2v.demo import run_demo
 
@@ -531,6 +551,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=None, help="also profile a method's non-key frame (e.g. shortcut)")
     p.add_argument("--hidden", type=int, default=64, help="shortcut block hidden width (default 64, the paper's)")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("tune", help="measure candidate pipelines on your clips and keep the fastest that meets a "
+                       "quality target (or the most faithful at a speed-up); writes pipeline.safetensors")  # fmt: skip
+    p.add_argument("--model", action="append", required=True, help="the teacher, and any distilled model file "
+                   "(shortcut, student) to consider; repeat for several")  # fmt: skip
+    p.add_argument("--input", action="append", required=True, help="a clip (video or folder of frames); repeat")
+    p.add_argument("--target", required=True, help="psnr=DB (PSNR to the teacher, at least) or speedup=X (end to "
+                   "end, at least)")  # fmt: skip
+    p.add_argument("--size", type=_size, default=None, metavar="HxW", help="model resolution (default: the clip's)")
+    p.add_argument("--frames", type=int, default=None, help="frames per clip (default 60; 0: all)")
+    p.add_argument("--budget-seconds", type=float, default=None, help="stop measuring further clips after this")
+    _add_kernels_option(p)
+    p.add_argument("--out", required=True, help="folder for pipeline.safetensors, tune.md, tune.json, pareto.png")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("bench", help="benchmark methods against the teacher: MACs, speed (model and end to end), "
                        "memory, fidelity and flicker; writes bench.json, bench.md, pareto.png")  # fmt: skip

@@ -121,7 +121,7 @@ def method_problem(config: dict) -> str | None:
         return f"the method settings are a {type(method).__name__}, not an object"
     if not isinstance(method.get("name", ""), str):
         return f"the method name must be a string, not {method['name']!r}"
-    problem = _int(method, "interval", 1, 10_000)
+    problem = None if method.get("interval") == "auto" else _int(method, "interval", 1, 10_000)
     if problem:
         return f"method {problem}"
     for key, value in method.items():
@@ -154,8 +154,9 @@ def config_problem(config: Any) -> str | None:
     kind = config.get("kind", "generator")
     if not isinstance(kind, str):
         return f"its kind is {kind!r}, not a name"
-    if kind == "generator":
-        return None if "generator" not in config else generator_problem(config["generator"])
+    if kind == "generator":  # a plain teacher, possibly with the method `fastv2v tune` chose for it
+        problem = None if "generator" not in config else generator_problem(config["generator"])
+        return problem or (method_problem({"method": config["method"]}) if "method" in config else None)
     if kind not in PARTS:
         return None
     part, check = PARTS[kind]

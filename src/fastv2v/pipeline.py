@@ -79,6 +79,7 @@ class Pipeline:
     kind: str = "generator"
     label: str = "model"
     path: Path | None = None
+    model: Any = None  # what was loaded: the generator, or the bundle with its trained part
 
     @property
     def name(self) -> str:
@@ -130,20 +131,22 @@ class Pipeline:
         model = load_model(path, device=device, arch=arch, **config)
         if teacher is not None:
             _check_teacher(model, teacher, path)
-        return cls.from_model(model, method, label=path.name, path=path, **overrides)
+        stored = _stored_method(path) if isinstance(model, SplitGenerator) else None
+        return cls.from_model(model, method, label=path.name, path=path, stored=stored, **overrides)
 
     @classmethod
     def from_model(
         cls, model: Any, method: str | None = None, *, label: str | None = None, path: Path | None = None,
-        **overrides: Any,
+        stored: dict | None = None, **overrides: Any,
     ) -> "Pipeline":
         """The pipeline for a loaded model: a :class:`SplitGenerator` or a bundle (its
-        ``.teacher`` plus a trained part and stored ``.method`` settings)."""
+        ``.teacher`` plus a trained part and stored ``.method`` settings). ``stored``: the method
+        settings a plain generator file carries (what ``fastv2v tune`` chose for it)."""
         generator = model if isinstance(model, SplitGenerator) else model.teacher
         kind = getattr(model, "kind", "generator") if not isinstance(model, SplitGenerator) else "generator"
-        stored = dict(getattr(model, "method", None) or {}) if kind != "generator" else {}
-        name = method or stored.pop("name", None) or "teacher"
-        stored.pop("name", None)
+        stored = dict((getattr(model, "method", None) if kind != "generator" else stored) or {})
+        own = stored.pop("name", None)
+        name = method or own or "teacher"
         cls_ = method_class(name)
         needs = getattr(cls_, "model_kind", None)
         if needs is not None and needs != kind:
@@ -157,10 +160,34 @@ class Pipeline:
             takes = ", ".join(_OPTION.get(k, k) for k in accepted)
             takes = f"it takes {takes} only" if takes else "it takes no settings"
             raise UserError(f"{_OPTION.get(refused[0], refused[0])} does not apply to --method {name} ({takes}).")
-        settings = {k: v for k, v in stored.items() if k in accepted and needs == kind} if needs else {}
+        # the file's settings apply to the method it names, and to the other methods of its kind
+        applies = name == own or (needs is not None and needs == kind)
+        settings = {k: v for k, v in stored.items() if k in accepted} if applies else {}
         settings.update(given)
         built = cls_.from_model(model, **settings)
-        return cls(generator.eval(), built, kind=kind, label=label or _label(generator), path=path)
+        return cls(generator.eval(), built, kind=kind, label=label or _label(generator), path=path, model=model)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write this pipeline as one self-describing model file (the teacher, any trained part,
+        and this method with its settings as the file's own), so ``fastv2v translate --model``
+        runs exactly this pipeline."""
+        import copy
+
+        path = Path(path)
+        method = {"name": self.name, **self.settings}
+        if self.kind == "generator":
+            from fastv2v.generators import save_generator
+
+            save_generator(path, self.teacher, method=method)
+        else:
+            model = copy.copy(self.model)  # the same modules, another method
+            model.method = method
+            if self.kind == "shortcut":
+                from fastv2v.methods.shortcut.model_file import save_shortcut as save
+            else:
+                from fastv2v.methods.student_model import save_student as save
+            save(path, model)
+        return path
 
     @classmethod
     def untrained(cls, generator: SplitGenerator, method: str, **kwargs: Any) -> "Pipeline":
@@ -168,6 +195,16 @@ class Pipeline:
         Shortcut block sized by ``hidden``, a student initialised from the teacher): for cost
         profiles, which do not depend on the weights; its outputs mean nothing."""
         return cls(generator.eval(), method_class(method)(generator, **kwargs), label=_label(generator))
+
+
+def _stored_method(path: Path) -> dict | None:
+    """The method settings a plain generator file stores (written by :meth:`Pipeline.save`)."""
+    if path.suffix != ".safetensors":
+        return None
+    from fastv2v.checkpoint import read_config
+
+    method = (read_config(path) or {}).get("method")
+    return dict(method) if isinstance(method, dict) else None
 
 
 def _label(generator: SplitGenerator) -> str:

@@ -145,7 +145,7 @@ class ModelEntry:
             "teacher_macs": {"exact": macs_total[0] / frames / 1e9, "paper": macs_total[1] / frames / 1e9},
         }  # fmt: skip
 
-    def pipeline(self, name: str, interval: int | None):
+    def pipeline(self, name: str, interval: int | None, settings: dict | None = None):
         """The run ``name@interval`` assembled as ``fastv2v translate`` assembles it, or
         :class:`_Skip` with the reason it cannot run with this model."""
         from fastv2v.pipeline import Pipeline, takes
@@ -153,7 +153,7 @@ class ModelEntry:
         kernels = self.kernels if takes(name, "kernels") else None
         try:
             return Pipeline.from_model(self.model, name, label=self.label, path=self.path, interval=interval,
-                                       kernels=kernels)  # fmt: skip
+                                       kernels=kernels, **(settings or {}))  # fmt: skip
         except UserError as exc:
             raise _Skip(str(exc)) from None
 
@@ -387,8 +387,9 @@ def run_bench(
     per method (model only and end to end); the median is reported, every pass is kept in
     ``*_runs`` so the spread is visible. ``fid_weights`` / ``lpips_weights`` (+ ``lpips_backbone``):
     local weight files for the FID and LPIPS columns (null with a reason without them).
-    ``runs``: explicit ``(method, interval)`` pairs instead of every method at every interval
-    (interval None: the model file's own setting, else the method's default). ``kernels``:
+    ``runs``: explicit ``(method, interval)`` pairs (or ``(method, interval, settings)``, e.g.
+    ``{"keyframes": "peaks"}``) instead of every method at every interval (interval None: the
+    model file's own setting, else the method's default). ``kernels``:
     ``torch`` or ``fast`` for the methods that have CPU fast paths (None: their default).
     Returns the report as a JSON-ready dict (see ``bench.json``); :func:`write_report` writes it.
     """
@@ -398,9 +399,10 @@ def run_bench(
     if dtype not in DTYPES:
         raise UserError(f"unknown --dtype {dtype!r}; use {', '.join(DTYPES)}.")
     if runs is not None:
-        names = parse_methods([name for name, _ in runs])
-        runs = [("teacher", None)] + [(n, k) for n, k in runs if n != "teacher"]
-        steps = sorted({k for _, k in runs if k is not None})
+        runs = [(r[0], r[1], dict(r[2]) if len(r) > 2 else {}) for r in runs]
+        names = parse_methods([name for name, _, _ in runs])
+        runs = [("teacher", None, {})] + [r for r in runs if r[0] != "teacher"]
+        steps = sorted({k for _, k, _ in runs if isinstance(k, int)})
     else:
         names, steps = parse_methods(methods), parse_intervals(intervals)
         runs = runs_for(names, steps)
@@ -523,9 +525,11 @@ def _bench_model(
     teacher_row: dict | None = None
     fingerprint = (teacher_fingerprint(g), repr(resizer))
     teachers, measured = shared.setdefault("teachers", {}), shared.setdefault("runs", {})
-    for index, (name, interval) in enumerate(runs):
-        label = name if interval is None else f"{name}@{interval}"
-        earlier = measured.get((fingerprint, name, interval))
+    for index, run in enumerate(runs):
+        name, interval, settings = run if len(run) == 3 else (*run, {})
+        label = (name if interval is None else f"{name}@{interval}") + "".join(f" {k}={v}" for k, v in settings.items())
+        key = (fingerprint, name, interval, tuple(sorted(settings.items())))
+        earlier = measured.get(key)
         if name != "teacher" and earlier is not None and not needs_trained_part(name):
             reason = f"the same run on the same teacher is reported under {earlier}"
             report["skipped"].append({"model": entry.label, "method": name, "interval": interval, "reason": reason})
@@ -540,13 +544,13 @@ def _bench_model(
             _say(progress, f"{entry.label}: teacher (shared with {first['model']})")
             continue
         try:
-            pipeline = entry.pipeline(name, interval)
+            pipeline = entry.pipeline(name, interval, settings)
         except _Skip as exc:
             report["skipped"].append({"model": entry.label, "method": name, "interval": interval, "reason": str(exc)})
             _say(progress, f"{entry.label}: skipped {label}: {exc}")
             continue
         _say(progress, f"{entry.label}: {label} ({index + 1}/{len(runs)}) on {len(frames)} frames")
-        measured[(fingerprint, name, interval)] = entry.label
+        measured[key] = entry.label
         notes = _Notes()
         method = pipeline.method
         macs, out_shape = _count_macs(pipeline, frames, dev, dtype)
