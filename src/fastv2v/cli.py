@@ -32,7 +32,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="compute precision via autocast; bf16 roughly halves CPU time on AVX-512 BF16 processors")  # fmt: skip
+                   help="compute precision via autocast; bf16 roughly halves CPU time on processors with native bf16 "
+                   "(avx512_bf16/amx) and is emulated, many times slower, elsewhere (fastv2v warns)")  # fmt: skip
     p.add_argument("--batch", type=int, default=1, help="frames per model call, for throughput (default 1)")
     p.add_argument("--size", type=_size, default=None, metavar="HxW", help="model resolution (default: the input's)")
     p.add_argument("--resize", default="pad", choices=["pad", "crop", "stretch"],

@@ -45,6 +45,7 @@ from fastv2v.engine.loop import Collector, MacCounter, Timer, drive
 from fastv2v.engine.loop import PeakMemory as PeakMemoryObserver
 from fastv2v.errors import UserError
 from fastv2v.metrics.profile import count_parameters
+from fastv2v.precision import warn_if_emulated
 
 DEFAULT_METHODS = ("teacher", "repeat", "reuse")
 DEFAULT_INTERVALS = (2, 3, 4)
@@ -407,6 +408,7 @@ def run_bench(
         names, steps = parse_methods(methods), parse_intervals(intervals)
         runs = runs_for(names, steps)
     dev = resolve_device(device)
+    emulated = warn_if_emulated(dtype, dev)
     if int(repeats) != repeats or repeats < 1:
         raise UserError(f"--repeats must be a whole number of at least 1, not {repeats}.")
     if threads is not None and threads < 1:
@@ -440,6 +442,7 @@ def run_bench(
             "fastv2v": _version(), "created": now, "device": _device_text(dev, machine),
             "threads": torch.get_num_threads(), "dtype": dtype, "batch": 1, "repeats": repeats,
             "machine": machine, "input": inp.describe(), "methods": names, "intervals": steps, "kernels": kernels,
+            "precision_warning": emulated,
             "models": [], "teacher_macs": None, "results": [], "skipped": [], "conventions": CONVENTIONS,
         }  # fmt: skip
         shared: dict = {}

@@ -22,6 +22,7 @@ import torch
 from fastv2v.engine.loop import Held, Observer, Timer, drive
 from fastv2v.engine.streaming import BackgroundWriter, prefetch
 from fastv2v.errors import UserError
+from fastv2v.precision import warn_if_emulated
 
 
 @dataclass
@@ -171,6 +172,7 @@ def translate(
     from fastv2v.data.video import check_output, open_frames, open_writer
 
     dev = resolve_device(device)
+    warn_if_emulated(dtype, dev)
     if not hasattr(pipeline, "method"):
         from fastv2v.pipeline import Pipeline
 
