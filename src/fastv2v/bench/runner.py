@@ -26,6 +26,7 @@ that model, with the message as the note.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import os
@@ -420,7 +421,7 @@ def run_bench(
         models = [models]
     if not models:
         raise UserError("no --model given; pass at least one model file.")
-    entries = [load_model(m, dev) for m in models]
+    entries = [dataclasses.replace(load_model(m, dev), kernels=kernels) for m in models]
     from fastv2v.bench.perceptual import PerceptualColumns
 
     perceptual = PerceptualColumns(fid_weights, lpips_weights, lpips_backbone)
@@ -451,7 +452,6 @@ def run_bench(
             if e2e:
                 inp.write_source(folder / "source")
             for entry in entries:
-                entry.kernels = kernels
                 _bench_model(entry, inp, runs, size, dev, dtype, e2e, repeats, folder, report,
                              progress, perceptual, shared)  # fmt: skip
         report["teacher_macs"] = report["models"][0]["teacher_macs"] if report["models"] else None
