@@ -226,10 +226,27 @@ def _distillation_teacher(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.task is None:
+        _check_footage_teacher(args)
+        return args.teacher
     teacher = args.teacher or shipped_teacher(args.task)
     if teacher is None:
         raise UserError(f"this install ships no {args.task} teacher; pass your teacher's model file with --teacher.")
     return teacher
+
+
+def _check_footage_teacher(args: argparse.Namespace) -> None:
+    """Distilling on your own footage needs the teacher and the footage, and an RGB teacher."""
+    from fastv2v.models import load_model
+
+    if args.teacher is None or not args.data:
+        raise UserError("without --task, give your teacher and footage: --teacher T --data P [P ...] (or --task "
+                        "scenes|edges for a built-in task).")  # fmt: skip
+    model = load_model(args.teacher)
+    teacher = getattr(model, "teacher", model)
+    if teacher.input_kind != "image" or teacher.input_nc != 3:
+        raise UserError(f"{args.teacher} takes {teacher.input_kind} input ({teacher.input_nc} channels); distilling "
+                        "on your own footage takes RGB-to-RGB teachers for now (label-map footage: not yet).")  # fmt: skip
 
 
 def _run_distillation(args: argparse.Namespace, config, distill) -> int:
@@ -240,14 +257,45 @@ def _run_distillation(args: argparse.Namespace, config, distill) -> int:
 
     config.validate()
     h, w = args.size
-    data = training_pairs(args.task, "train", height=h, width=w, videos=args.data, clips=args.clips,
-                          pair_gap=config.gaps)  # fmt: skip
-    heldout = training_pairs(args.task, "heldout", height=h, width=w, videos=args.data, pair_gap=config.gaps)
-    samples = [heldout[i * max(1, len(heldout) // 4)] for i in range(4)]
+    if args.task is None:  # the user's own footage
+        from fastv2v.tasks import footage_pairs
+
+        data = footage_pairs(args.data, "train", height=h, width=w, pair_gap=config.gaps)
+        heldout = footage_pairs(args.data, "heldout", height=h, width=w, pair_gap=config.gaps)
+    else:
+        data = training_pairs(args.task, "train", height=h, width=w, videos=args.data, clips=args.clips,
+                              pair_gap=config.gaps)  # fmt: skip
+        heldout = training_pairs(args.task, "heldout", height=h, width=w, videos=args.data, pair_gap=config.gaps)
+    samples = [heldout[min(i * max(1, len(heldout) // 4), len(heldout) - 1)] for i in range(4)]  # short clips too
     export = distill(config, data, sample_batch=samples, progress=not args.quiet, max_steps=args.max_steps)
     if is_main_process():  # under torchrun only rank 0 reports
         print(f"wrote {export} (checkpoint, samples and log in {args.out})")
+        if args.task is None and Path(export).exists():
+            print(f"wrote {_bench_heldout(export, heldout, config.interval, args)}")
     return 0
+
+
+def _bench_heldout(model, heldout, interval: int, args: argparse.Namespace) -> Path:
+    """Benchmark the distilled file on the held-out end of the first clip (centre crop at the
+    training size) against the teacher and the training-free methods; ``bench.md`` beside it."""
+    import tempfile
+
+    from PIL import Image
+
+    from fastv2v.bench import run_bench, write_report
+    from fastv2v.pipeline import Pipeline
+
+    own = Pipeline.from_file(model).name
+    runs = [(own, None), ("repeat", interval), ("interp", interval)]
+    h, w = heldout.size
+    frames = heldout.clips[0]
+    top, left = (frames.shape[1] - h) // 2, (frames.shape[2] - w) // 2
+    with tempfile.TemporaryDirectory(prefix="fastv2v-heldout-") as tmp:
+        for i, frame in enumerate(frames[:, top : top + h, left : left + w]):
+            Image.fromarray(frame).save(Path(tmp) / f"{i:06d}.png")
+        report = run_bench(model, tmp, runs=runs, frames=0, progress=not args.quiet)
+    report["command"] = f"the end of `fastv2v distill` (held-out last 10 % of {heldout.names[0]})"
+    return write_report(report, Path(model).parent)["md"]
 
 
 def cmd_distill_shortcut(args: argparse.Namespace) -> int:
@@ -284,9 +332,12 @@ def cmd_distill_student(args: argparse.Namespace) -> int:
 
 def _add_distillation_options(p: argparse.ArgumentParser, export: str) -> None:
     """The options every ``fastv2v distill`` command shares (teacher, data, run, schedule)."""
-    p.add_argument("--task", required=True, choices=["scenes", "edges"], help="the teacher's task (training pairs)")
+    p.add_argument("--task", default=None, choices=["scenes", "edges"], help="a built-in task's training pairs; "
+                   "without it, distil on your own footage: --teacher T --data P [P ...]")  # fmt: skip
     p.add_argument("--teacher", default=None, help="teacher model file (default: the task's shipped teacher)")
-    p.add_argument("--data", nargs="*", default=None, help="edges: videos or folders (default: the sample clips)")
+    p.add_argument("--data", nargs="*", default=None, help="edges: videos or folders (default: the sample clips); "
+                   "without --task: your own RGB footage (videos, folders of videos or frames, .txt lists), "
+                   "the last 10 %% of every clip held out")  # fmt: skip
     p.add_argument("--clips", type=int, default=64, help="scenes: synthetic training clips (default 64)")
     p.add_argument("--size", type=_size, default=(128, 256), metavar="HxW", help="training size (default 128x256)")
     p.add_argument("--batch", type=int, default=4)

@@ -81,6 +81,39 @@ def training_pairs(
     return EdgeFrames(expand_videos(videos), split, height=height, width=width, pair_gap=pair_gap)
 
 
+def footage_pairs(
+    paths: Sequence[str | os.PathLike], split: str = "train", *, height: int = 128, width: int = 256,
+    pair_gap: int | tuple[int, int] | None = None,
+) -> Dataset:
+    """Frame pairs of a user's own RGB footage (``--data`` without ``--task``): videos, folders of
+    videos or of frames, or text files listing them (one path a line, relative to the list)."""
+    from fastv2v.data.paired import FootageFrames
+
+    return FootageFrames(footage_paths(paths), split, height=height, width=width, pair_gap=pair_gap)
+
+
+def footage_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The clips ``--data`` names: a video, a folder of videos, a folder of frames (one clip) or a
+    ``.txt`` list of any of these."""
+    images = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.suffix.lower() == ".txt" and path.is_file():
+            lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
+            listed = [path.parent / line for line in lines if line and not line.startswith("#")]
+            if not listed:
+                raise UserError(f"{path} lists no clips; write one video or frame-folder path per line.")
+            found += footage_paths(listed)
+        elif path.is_dir() and any(p.suffix.lower() in images for p in path.iterdir()):
+            found.append(path)  # a folder of frames is one clip
+        else:
+            found += expand_videos([path]) or []
+    if not found:
+        raise UserError("--data names no clips; give videos, folders of frames or videos, or a .txt list.")
+    return found
+
+
 def expand_videos(paths: Sequence[str | os.PathLike] | None) -> list[Path] | None:
     """Video paths from files and folders of videos (None: the built-in sample clips)."""
     if not paths:

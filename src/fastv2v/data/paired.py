@@ -52,6 +52,7 @@ __all__ = [
     "split_point",
     "SceneFrames",
     "EdgeFrames",
+    "FootageFrames",
     "HeldoutClip",
     "heldout_clip",
     "worker_init",
@@ -75,7 +76,7 @@ def labels_to_tensor(labels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64))
 
 
-def split_point(n_frames: int) -> int:
+def split_point(n_frames: int, fraction: float = HELDOUT_FRACTION) -> int:
     """First held-out frame of a real clip of ``n_frames``: frames ``[0, s)`` train, ``[s, n)`` held out.
 
     ``s = n - max(1, round(0.2 * n))`` for clips of 2+ frames, so both parts are non-empty.
@@ -84,7 +85,7 @@ def split_point(n_frames: int) -> int:
         raise UserError(
             f"A clip of {n_frames} frame(s) cannot be split into training and held-out frames; use a longer video."
         )
-    return n_frames - max(1, round(HELDOUT_FRACTION * n_frames))
+    return n_frames - max(1, round(fraction * n_frames))
 
 
 def worker_init(worker_id: int) -> None:
@@ -233,6 +234,8 @@ def _count_frames(path: Path) -> int:
 
 
 class EdgeFrames(_Epoch, Dataset):
+    heldout_fraction = HELDOUT_FRACTION
+
     """(edge map, RGB) frames or frame pairs from real videos, decoded once and kept in memory.
 
     Each frame is resized (aspect kept) to just cover ``(height, width)`` and kept; an item is a
@@ -274,7 +277,7 @@ class EdgeFrames(_Epoch, Dataset):
         self.names: list[str] = []
         for path in self.videos:
             n = _count_frames(path)
-            cut = split_point(n)
+            cut = split_point(n, self.heldout_fraction)
             lo, hi = (0, cut) if split == "train" else (cut, n)
             rgb, frozen = [], None
             with open_frames(path) as frames:
@@ -334,6 +337,25 @@ class EdgeFrames(_Epoch, Dataset):
         x0, y0 = self._item(clip, k, box)
         x1, y1 = self._item(clip, k + d, box)
         return {"ref_input": x0, "ref_target": y0, "input": x1, "target": y1, "gap": d}
+
+
+class FootageFrames(EdgeFrames):
+    """A user's own RGB footage for distillation: the input is the frame itself, as the teacher
+    takes it; no ground truth is needed (the frozen teacher's outputs are the targets), so the
+    ``target`` is the same frame. Clips, crops, flips, pairs and the held-out split as
+    :class:`EdgeFrames` (pairs never cross clips), with the last 10 % of every clip held out."""
+
+    heldout_fraction = 0.1
+
+    def __init__(self, videos, split: str = "train", **kwargs):
+        super().__init__(videos, split, **kwargs)
+
+    def _item(self, clip: int, k: int, box) -> tuple[torch.Tensor, torch.Tensor]:
+        top, left, flip = box
+        H, W = self.size
+        r = self.clips[clip][k, top : top + H, left : left + W]
+        x = rgb_to_tensor(np.ascontiguousarray(r[:, ::-1] if flip else r))
+        return x, x
 
 
 # ---------------------------------------------------------------------------------------------
