@@ -10,7 +10,8 @@ from fastv2v.tasks import footage_pairs
 
 
 def test_pairs_stay_in_their_clip_and_the_tail_is_held_out(make_video, tmp_path):
-    a, b = make_video("a.mp4", frames=40, size=(32, 64)), make_video("b.mp4", frames=50, size=(32, 64))
+    make_video("a.mp4", frames=40, size=(32, 64))
+    make_video("b.mp4", frames=50, size=(32, 64))
     listing = tmp_path / "clips.txt"
     listing.write_text("a.mp4\n# a comment\nb.mp4\n")
     train = footage_pairs([listing], "train", height=32, width=64, pair_gap=(1, 2))

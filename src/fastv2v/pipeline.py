@@ -142,9 +142,9 @@ class Pipeline:
         """The pipeline for a loaded model: a :class:`SplitGenerator` or a bundle (its
         ``.teacher`` plus a trained part and stored ``.method`` settings). ``stored``: the method
         settings a plain generator file carries (what ``fastv2v tune`` chose for it)."""
-        generator = model if isinstance(model, SplitGenerator) else model.teacher
-        kind = getattr(model, "kind", "generator") if not isinstance(model, SplitGenerator) else "generator"
-        stored = dict((getattr(model, "method", None) if kind != "generator" else stored) or {})
+        plain = isinstance(model, SplitGenerator)
+        generator, kind = (model, "generator") if plain else (model.teacher, model.kind)
+        stored = dict((stored if plain else model.method) or {})
         own = stored.pop("name", None)
         name = method or own or "teacher"
         cls_ = method_class(name)

@@ -71,7 +71,8 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        extra = "".join(f" {k}={v}" for k, v in self.settings.items() if k in ("keyframes",) and v)
+        keyframes = self.settings.get("keyframes")
+        extra = f" keyframes={keyframes}" if keyframes else ""
         return self.method + (f"@{self.interval}" if self.interval not in (None, 1) else "") + extra
 
     @property

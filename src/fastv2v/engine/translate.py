@@ -168,7 +168,7 @@ def translate(
     place (``--input-list``, where an output at its path must mean a complete one); otherwise the
     frames that decoded are written and ``frames_lost`` says how many did not."""
     from fastv2v.data.resize import Resizer
-    from fastv2v.atomic import check_name_length, same_file
+    from fastv2v.atomic import same_file
     from fastv2v.data.video import check_output, open_frames, open_writer
 
     dev = resolve_device(device)
@@ -180,10 +180,9 @@ def translate(
     pipeline = pipeline.to(dev)
     generator = pipeline.teacher
     source, output = str(source), str(output)
-    check_name_length(output)
+    check_output(output)  # first: it refuses a name too long to even look up
     if Path(output).exists() and same_file(output, source):  # also through a symbolic or hard link
         raise UserError(f"{output} is the input itself; give another output path (the input is never overwritten).")
-    check_output(output)
     start = time.perf_counter()  # end to end: opening, decoding, model, encoding, muxing, renaming
     with open_frames(source, labels=generator.input_kind == "labels") as frames:
         info = frames.info

@@ -49,7 +49,7 @@ class StudentRunner:
     def __init__(self, student: SpatialStudent, kernels: str = "torch"):
         self.student = student
         self.kernels = kernel_choice(kernels)
-        self._tail = None if self.kernels == "fast" else student.tail
+        self._tail = None  # built on the first call
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         s = self.student
@@ -59,7 +59,7 @@ class StudentRunner:
         if self._tail is None:
             from fastv2v.generators.fast_parts import fast_tail
 
-            self._tail = fast_tail(s)
+            self._tail = fast_tail(s) if self.kernels == "fast" else s.tail
         return self._tail(s.body(s.head(s.downsample_input(x))))
 
 
