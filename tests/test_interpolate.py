@@ -18,7 +18,7 @@ from fastv2v.data.video import open_frames
 from fastv2v.generators import ResnetGenerator, build_generator, save_generator
 from fastv2v.generators.base import SplitGenerator
 from fastv2v.methods.base import METHODS
-from fastv2v.methods.interpolate import keep_zero_motion, minterpolate_frames
+from fastv2v.methods.interpolate import keep_zero_motion, minterpolate_frames, photometric_visibility
 from fastv2v.methods.schedules import (
     FixedKeys,
     PeakKeys,
@@ -182,6 +182,37 @@ def test_interp_keys_flow_and_output_flow_also_work():
     for kwargs in ({"flow": "keys"}, {"flow": "keys", "source": "output"}):
         outs, _ = run(METHODS["interp"](g, 4, **kwargs), g, frames)
         assert psnr(outs[2], frames[2]) > psnr(frames[0], frames[2]) + 8
+
+
+def test_visibility_comes_from_the_key_frame_that_shows_the_pixel():
+    """A square moves right over a still textured background; where it stood in key frame 0 the
+    frame shows background again: key 0 cannot explain those pixels (it shows the square), key 1
+    can. Flow here is the true one: zero on the background, the square's motion on it."""
+    back = texture(48, 64, seed=3)[..., 0].astype(np.float32)
+    square = np.full((16, 12), 250.0, np.float32)
+
+    def scene(x):
+        out = back.copy()
+        out[16:32, x : x + 12] = square
+        return out
+
+    k0, frame, k1 = scene(10), scene(24), scene(38)
+    f0, f1 = np.zeros((48, 64, 2), np.float32), np.zeros((48, 64, 2), np.float32)
+    f0[16:32, 24:36, 0], f1[16:32, 24:36, 0] = -14, 14
+    v0, v1 = photometric_visibility(frame, k0, f0), photometric_visibility(frame, k1, f1)
+    revealed = (slice(19, 29), slice(12, 21))  # square in key 0, background now (away from edges)
+    assert v0[revealed].max() < 0.2 and v1[revealed].min() > 0.9
+    assert v0[19:29, 26:34].min() > 0.9 and v1[19:29, 26:34].min() > 0.9  # the square itself: both see it
+
+
+def test_flow_runs_at_a_reduced_size_but_never_below_32_pixels():
+    interp = METHODS["interp"](IdentityTeacher(), 4)
+    assert interp.flow_scale == 0.5
+    assert interp._flow_size(np.zeros((128, 256, 3), np.uint8)) == (128, 64)
+    assert interp._flow_size(np.zeros((40, 64, 3), np.uint8)) == (51, 32)
+    assert METHODS["interp"](IdentityTeacher(), 4, flow_scale=1)._flow_size(np.zeros((128, 256))) == (256, 128)
+    with pytest.raises(UserError, match="flow_scale"):
+        METHODS["interp"](IdentityTeacher(), 4, flow_scale=0)
 
 
 def test_flow_settings_by_source():

@@ -240,25 +240,32 @@ def occlusion_mask(flow_fw, flow_bw, alpha1: float = 0.01, alpha2: float = 0.5):
     correspondence). numpy ``HxWx2`` flows give an ``HxW`` mask; torch ``(N,2,H,W)`` flows
     give ``(N,H,W)`` (``(2,H,W)`` gives ``(H,W)``).
     """
-    torch_mode = _is_torch(flow_fw)
-    bw_at = warp(flow_bw, flow_fw, border="replicate")
-    axis = -3 if torch_mode else -1
-    s = flow_fw + bw_at
-    lhs = (s * s).sum(axis)
-    rhs = alpha1 * ((flow_fw * flow_fw).sum(axis) + (bw_at * bw_at).sum(axis)) + alpha2
-    consistent = lhs <= rhs
-    if torch_mode:
-        import torch
+    if not _is_torch(flow_fw):
+        return _occlusion_mask_numpy(np.asarray(flow_fw, np.float32), np.asarray(flow_bw, np.float32), alpha1, alpha2)
+    import torch
 
-        h, w = flow_fw.shape[-2:]
-        xs = torch.arange(w, device=flow_fw.device, dtype=flow_fw.dtype).view(1, w)
-        ys = torch.arange(h, device=flow_fw.device, dtype=flow_fw.dtype).view(h, 1)
-        tx = xs + flow_fw[..., 0, :, :]
-        ty = ys + flow_fw[..., 1, :, :]
-    else:
-        h, w = flow_fw.shape[:2]
-        gx, gy = _grid(h, w)
-        tx = gx + flow_fw[..., 0]
-        ty = gy + flow_fw[..., 1]
+    bw_at = warp(flow_bw, flow_fw, border="replicate")
+    s = flow_fw + bw_at
+    lhs = (s * s).sum(-3)
+    rhs = alpha1 * ((flow_fw * flow_fw).sum(-3) + (bw_at * bw_at).sum(-3)) + alpha2
+    consistent = lhs <= rhs
+    h, w = flow_fw.shape[-2:]
+    xs = torch.arange(w, device=flow_fw.device, dtype=flow_fw.dtype).view(1, w)
+    ys = torch.arange(h, device=flow_fw.device, dtype=flow_fw.dtype).view(h, 1)
+    tx = xs + flow_fw[..., 0, :, :]
+    ty = ys + flow_fw[..., 1, :, :]
     inside = (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
     return consistent & inside
+
+
+def _occlusion_mask_numpy(fw: np.ndarray, bw: np.ndarray, alpha1: float, alpha2: float) -> np.ndarray:
+    """:func:`occlusion_mask` on ``HxWx2`` arrays, one channel at a time: numpy's reductions over a
+    trailing axis of 2 made the vectorised form 7x slower (2.3 ms against 0.34 ms at 128x256)."""
+    h, w = fw.shape[:2]
+    gx, gy = _grid(h, w)
+    tx, ty = gx + fw[..., 0], gy + fw[..., 1]
+    bw_at = cv2.remap(np.ascontiguousarray(bw), tx, ty, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    fx, fy, bx, by = fw[..., 0], fw[..., 1], bw_at[..., 0], bw_at[..., 1]
+    sx, sy = fx + bx, fy + by
+    consistent = sx * sx + sy * sy <= alpha1 * (fx * fx + fy * fy + bx * bx + by * by) + alpha2
+    return consistent & (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)

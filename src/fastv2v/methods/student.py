@@ -122,12 +122,11 @@ class Fast(Interp):
     docstring). ``interval``/``keyframes`` as for ``interp``; ``interp_kwargs`` (``flow``,
     ``preset``, ...) go to :class:`~fastv2v.methods.interpolate.Interp`, except that ``flow``
     defaults to ``"keys"`` for every input (flow between the two key frames only, as
-    Fast-Vid2Vid's interpolation; on label maps that is ``interp``'s own choice): on picture
-    inputs ``interp``'s ``"direct"`` flow costs four DIS flows per in-between frame, about
-    15 ms at 128x256 on one CPU thread, which alone would cap ``fast`` near 3.5x the teacher's
-    speed; ``"keys"`` costs two flows per key gap (the three held-out edges clips with teacher
-    key frames, PSNR to the teacher over all frames: 0.5 dB below ``"direct"`` at gaps 2 and 4,
-    1.1 dB at gap 8). ``preset`` defaults to DIS ``"fast"`` (0.8 ms a flow at 128x256 against 1.7 ms): on
+    Fast-Vid2Vid's interpolation; on label maps that is ``interp``'s own choice): ``"direct"``
+    costs two DIS flows per in-between frame, ``"keys"`` two per key gap (the three held-out edges
+    clips with teacher key frames, PSNR to the teacher over all frames: 0.5 dB below ``"direct"``
+    at gaps 2 and 4, 1.1 dB at gap 8, a loss the student's own distance to the teacher hides).
+    ``preset`` defaults to DIS ``"fast"`` (0.8 ms a flow at 128x256 against 1.7 ms): on
     the smoothed edges inputs it was 0.1-0.3 dB *better* than ``"medium"`` at gaps 2, 4, 8 (mean
     of the three held-out clips), on the scenes outputs 0.07-0.17 dB worse, which the student's
     own distance to the teacher (about 22 dB) hides."""
