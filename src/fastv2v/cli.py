@@ -125,7 +125,7 @@ def _translate_many(args: argparse.Namespace, pipeline) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     import torch
 
-    from fastv2v.generators import build_generator, load_generator
+    from fastv2v.generators import Vid2VidGenerator, build_generator, load_generator
     from fastv2v.metrics.profile import format_gmacs, profile
 
     _check_profile_options(args)
@@ -138,8 +138,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         generator = build_generator(args.arch or "resnet_9blocks", **config)
     h, w = args.size
     generator.check_size(h, w, source=f"--size {h}x{w}")
-    x = torch.zeros(1, generator.input_nc, h, w, device="meta")  # count only, compute nothing
-    result = profile(generator, x)
+    if args.method and isinstance(generator, Vid2VidGenerator):
+        raise UserError("--method needs a single-frame generator; profile a vid2vid model without it.")
+    result = profile(generator, *_profile_inputs(generator, h, w))
     name = generator.config["arch"]
     print(f"{name} (ngf {generator.config['ngf']}, {generator.input_nc}->{generator.output_nc} channels) at {h}x{w}")
     print(f"parameters: {result.params / 1e6:.2f} M")
@@ -148,6 +149,20 @@ def cmd_profile(args: argparse.Namespace) -> int:
         _profile_method(args, generator, torch.zeros(1, generator.input_nc, h, w), result)
     print("  exact: true multiply-adds; paper: transposed convs counted at output size (thop/torchprofile, published tables)")
     return 0
+
+
+def _profile_inputs(generator, h: int, w: int) -> tuple:
+    """Meta inputs (count only, compute nothing) of one call; vid2vid takes a window of
+    ``n_frames_G`` frames and its previous outputs."""
+    import torch
+
+    from fastv2v.generators import Vid2VidGenerator
+
+    if not isinstance(generator, Vid2VidGenerator):
+        return (torch.zeros(1, generator.input_nc, h, w, device="meta"),)
+    frames = generator.n_frames_G
+    return (torch.zeros(1, generator.input_nc * frames, h, w, device="meta"),
+            torch.zeros(1, generator.output_nc * (frames - 1), h, w, device="meta"))  # fmt: skip
 
 
 def _check_profile_options(args: argparse.Namespace) -> None:

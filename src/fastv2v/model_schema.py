@@ -61,8 +61,8 @@ def generator_problem(config: Any, *, required: tuple[str, ...] = REQUIRED) -> s
     arch = config.get("arch")
     if arch is not None:
         match = _RESNET_ARCH.match(arch) if isinstance(arch, str) else None
-        if arch != "global" and not match:
-            return f"unknown architecture {arch!r} (resnet_Nblocks or global)"
+        if arch not in ("global", "vid2vid") and not match:
+            return f"unknown architecture {arch!r} (resnet_Nblocks, global or vid2vid)"
         if match and not 1 <= int(match.group(1)) <= MAX_BLOCKS:
             return f"architecture {arch!r} needs 1 to {MAX_BLOCKS} blocks"
     return _first(
@@ -70,8 +70,31 @@ def generator_problem(config: Any, *, required: tuple[str, ...] = REQUIRED) -> s
         _int(config, "output_nc", 1, MAX_CHANNELS), _int(config, "n_blocks", 1, MAX_BLOCKS),
         _int(config, "label_nc", 0, MAX_CHANNELS), _int(config, "n_downsampling", 2, 8),
         _choice(config, "norm", NORMS), _choice(config, "padding_type", PADDINGS),
-        _bool(config, "use_dropout", "use_instance"),
+        _bool(config, "use_dropout", "use_instance"), _vid2vid_problem(config) if arch == "vid2vid" else None,
     )  # fmt: skip
+
+
+def _vid2vid_problem(config: dict) -> str | None:
+    """vid2vid's own settings: window length, depth, its two norms, foreground labels, and
+    per-frame channels that agree with the label count."""
+    problem = _first(
+        _int(config, "n_frames_G", 2, 64), _int(config, "n_downsample_G", 1, 8),
+        _int(config, "input_nc", 1, MAX_CHANNELS), _int(config, "label_nc", 0, MAX_CHANNELS),
+        _choice(config, "norm", ("batch", "instance")), _bool(config, "no_flow", "fg", "running_stats", "use_instance"),
+    )  # fmt: skip
+    if problem:
+        return problem
+    labels = config.get("fg_labels", [])
+    if not isinstance(labels, (list, tuple)) or not all(
+        isinstance(c, numbers.Integral) and not isinstance(c, bool) and 0 <= c < MAX_CHANNELS for c in labels
+    ):
+        return f"fg_labels must be a list of class IDs, not {labels!r}"
+    label_nc, use_instance = config.get("label_nc", 0), config.get("use_instance", False)
+    if use_instance and not label_nc:
+        return "use_instance needs label maps (label_nc > 0)"
+    if label_nc and "input_nc" in config and config["input_nc"] != label_nc + int(use_instance):
+        return f"input_nc ({config['input_nc']}) must be label_nc (+1 with use_instance)"
+    return None
 
 
 def block_problem(config: Any) -> str | None:

@@ -9,13 +9,16 @@ from fastv2v.generators.loading import (
     upstream_state_dict,
 )
 from fastv2v.generators.resnet import GlobalGenerator, ResnetGenerator
+from fastv2v.generators.vid2vid import Vid2VidGenerator, infer_vid2vid_config
 
 __all__ = [
     "GlobalGenerator",
     "ResnetGenerator",
     "SplitGenerator",
+    "Vid2VidGenerator",
     "build_generator",
     "infer_config",
+    "infer_vid2vid_config",
     "load_generator",
     "save_generator",
     "upstream_state_dict",

@@ -1,8 +1,9 @@
 """Build generators by name and load their weights from any file a user is likely to have.
 
-Upstream ``.pth`` files (pytorch-CycleGAN-and-pix2pix, RecycleGAN, pix2pixHD) load without
-conversion: the ``module.`` prefix of DataParallel saves and the InstanceNorm running-stat
-entries of old files are dropped exactly as upstream's own loader drops them. When the
+Upstream ``.pth`` files (pytorch-CycleGAN-and-pix2pix, RecycleGAN, pix2pixHD, vid2vid's
+``latest_net_G0.pth``) load without conversion: the ``module.`` prefix of DataParallel saves and
+the InstanceNorm running-stat entries of old files are dropped exactly as upstream's own loader
+drops them (vid2vid's InstanceNorms track their stats: those are kept). When the
 architecture is not named it is read off the tensors.
 """
 
@@ -19,26 +20,31 @@ from fastv2v.checkpoint import damaged, load_model_file, save_model
 from fastv2v.errors import UserError
 from fastv2v.generators.base import SplitGenerator
 from fastv2v.generators.resnet import GlobalGenerator, ResnetGenerator
+from fastv2v.generators.vid2vid import Vid2VidGenerator, infer_vid2vid_config, is_vid2vid_state, vid2vid_state_dict
 from fastv2v.model_schema import generator_problem
 
 _RESNET_ARCH = re.compile(r"resnet_(\d+)blocks$")
+_NAMED = ("global", "vid2vid")
 
 
-def build_generator(arch: str, /, **config: Any) -> SplitGenerator:
-    """A generator by architecture name: ``resnet_6blocks``, ``resnet_9blocks``, ``resnet_Nblocks``, ``global``."""
+def build_generator(arch: str, /, **config: Any) -> SplitGenerator | Vid2VidGenerator:
+    """A generator by name: ``resnet_6blocks``, ``resnet_9blocks``, ``resnet_Nblocks``, ``global``, ``vid2vid``."""
     config = {k: v for k, v in config.items() if k != "arch"}
     match = _RESNET_ARCH.match(arch)
     if match:
         config["n_blocks"] = int(match.group(1))
     # refuse ngf=0, a negative label_nc, ... here, not as a shape error deep inside torch
-    problem = generator_problem(config, required=()) if match or arch == "global" else None
+    checked = config if match else {**config, "arch": arch}  # the name selects vid2vid's own checks
+    problem = generator_problem(checked, required=()) if match or arch in _NAMED else None
     if problem:
         raise UserError(f"cannot build a {arch} generator: {problem}.")
     if match:
         return ResnetGenerator(**_known(ResnetGenerator, config))
     if arch == "global":
         return GlobalGenerator(**_known(GlobalGenerator, config))
-    raise UserError(f"unknown architecture {arch!r}; use resnet_6blocks, resnet_9blocks or global.")
+    if arch == "vid2vid":
+        return Vid2VidGenerator(**_known(Vid2VidGenerator, config))
+    raise UserError(f"unknown architecture {arch!r}; use resnet_6blocks, resnet_9blocks, global or vid2vid.")
 
 
 def _known(cls, config: dict[str, Any]) -> dict[str, Any]:
@@ -58,6 +64,8 @@ def upstream_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     for key in ("state_dict", "model", "netG", "G"):
         if key in state and isinstance(state[key], dict):
             state = state[key]
+    if is_vid2vid_state(state):  # its InstanceNorms own running stats: keep them
+        return vid2vid_state_dict(state)
     state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
     state = {k: v for k, v in state.items() if torch.is_tensor(v)}
     stats = ("running_mean", "running_var", "num_batches_tracked")
@@ -128,12 +136,12 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
 
 def load_generator(
     path: str | os.PathLike, arch: str | None = None, *, device: str | torch.device = "cpu", **config: Any
-) -> SplitGenerator:
+) -> SplitGenerator | Vid2VidGenerator:
     """Load a generator in eval mode from a fastv2v ``.safetensors`` or an upstream ``.pth``.
 
     The architecture comes from the file's metadata (fastv2v files), from ``arch`` and
     ``config`` when given, and otherwise from the tensors themselves; keyword ``config``
-    overrides what was inferred (e.g. ``label_nc=35`` for a label-map pix2pixHD model).
+    overrides what was inferred (e.g. ``label_nc=35`` for a label-map pix2pixHD or vid2vid model).
     """
     path = Path(path)
     if not path.exists():
@@ -144,10 +152,10 @@ def load_generator(
         if kind != "generator":
             raise UserError(f"{path} is a {kind} model, not a generator; load it with fastv2v.load_model.")
         from_metadata = bool(meta and "generator" in meta)
-        inferred = dict(meta["generator"]) if from_metadata else infer_config(state, str(path))
+        inferred = dict(meta["generator"]) if from_metadata else _infer(state, str(path), config)
     else:
         state, from_metadata = _read_torch_file(path), False
-        inferred = infer_config(state, str(path)) if arch is None else _partial_config(state)
+        inferred = _infer(state, str(path), config) if arch in (None, "vid2vid") else _partial_config(state)
     merged = {**inferred, **config}
     name = arch or merged.get("arch")
     if name is None:
@@ -164,6 +172,13 @@ def load_generator(
     return generator.eval().to(device)
 
 
+def _infer(state: dict[str, torch.Tensor], source: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The config read off the tensors; vid2vid needs the caller's ``label_nc`` to split its channels."""
+    if is_vid2vid_state(state):
+        return infer_vid2vid_config(state, source, label_nc=config.get("label_nc", 0))
+    return infer_config(state, source)
+
+
 def _partial_config(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Channel counts that a named architecture can take from the file when not given."""
     if "model.1.weight" not in state:
@@ -177,7 +192,9 @@ def _partial_config(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     return out
 
 
-def _check_fit(generator: SplitGenerator, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
+def _check_fit(
+    generator: SplitGenerator | Vid2VidGenerator, state: dict[str, torch.Tensor], path: Path, arch: str
+) -> None:
     expected = generator.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -204,6 +221,6 @@ def _few(items: list[str], limit: int = 4) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def save_generator(path: str | os.PathLike, generator: SplitGenerator, **extra: Any) -> None:
+def save_generator(path: str | os.PathLike, generator: SplitGenerator | Vid2VidGenerator, **extra: Any) -> None:
     """Write a self-describing ``.safetensors``: weights plus the config that rebuilds it."""
     save_model(path, generator.state_dict(), {"kind": "generator", "generator": generator.config, **extra})
