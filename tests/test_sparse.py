@@ -181,6 +181,30 @@ def test_method_refreshes_above_break_even_and_after_max_interval():
     assert state.totals["frames"] == 7 and state.totals["keys"] == 3
 
 
+def test_moving_footage_runs_the_plain_teacher_until_it_calms_down(monkeypatch):
+    """The second key frame in a row forced by the cost skips the cache (a wasted 1.5x pass on a
+    panning camera): plain teacher passes until a frame is predicted below break-even again,
+    which refills the cache so that sparse frames follow."""
+    g = _gen("resnet")
+    method = METHODS["sparse"](g, max_interval=8, break_even=0.6, tile=4, reach=None)
+    fills = []
+    key_pass = method.runner.key
+    monkeypatch.setattr(method.runner, "key", lambda *a, **k: fills.append(len(keys)) or key_pass(*a, **k))
+    torch.manual_seed(2)
+    moving = [torch.randn(1, 3, 64, 64) for _ in range(4)]  # every pixel changes every frame
+    frames = moving + [moving[-1], _edit(moving[-1], slice(0, 4), slice(0, 4))]
+    state, keys = method.init_state(), []
+    with torch.no_grad():
+        for f in frames:
+            y, state, key = method.step(f, state)
+            if key:
+                assert torch.equal(y, g(f))
+            keys.append(key)
+    assert keys == [True, True, True, True, True, False]
+    assert fills == [0, 1, 4]  # the first frame, the first forced key, the frame that stood still
+    assert state.streak is None and state.totals["keys"] == 5
+
+
 def test_two_interleaved_videos_do_not_mix():
     g = _gen("resnet")
     method = SparseMethod(g, max_interval=4, tile=4, reach=None, break_even=1.0)

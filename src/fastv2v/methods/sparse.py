@@ -18,6 +18,17 @@ when
   predicts the MACs before any convolution runs (exactly, with ``feature_threshold`` 0), so the
   decision uses the real active area of every layer, not just the input's.
 
+**Moving footage never costs more than the teacher.** A key pass that fills the cache costs about
+1.5x a plain teacher pass (every layer's input copied out, the norm statistics taken), which is
+wasted when the next frame changes too much again: on a panning camera every frame is a key
+frame, and ``sparse`` measured 0.7x the teacher's speed. So the second key frame in a row that
+the cost forced (``part="all"``) runs the plain teacher, the same call as the teacher method, and
+the method stays in that *dense streak* (plain passes, no cache) while frames keep changing
+past break-even: a streak frame is compared with the previous frame (changed input pixels,
+then the predicted cost with the cached plan), which costs well under a millisecond when the
+whole picture moves. The first frame predicted below break-even refills the cache and sparse
+frames follow.
+
 ``state.last`` holds the :class:`~fastv2v.methods.sparse_engine.FrameStats` of the latest frame
 (key flag, changed input fraction, per-layer active fraction, MACs actually computed, seconds
 in and outside the convolutions) and ``state.totals`` their sums, so a benchmark can report the
@@ -62,6 +73,8 @@ class SparseState:
     schedule: int | None = None  # the BreakEven schedule's state
     cache: SparseCache | None = None
     head_affines: list | None = None  # part="body": the head's norms, frozen at the key frame
+    streak: torch.Tensor | None = None  # in a dense streak: the last input (the cache is stale)
+    forced: int = 0  # key frames in a row that the cost forced
     last: FrameStats | None = None
     totals: dict[str, float] = field(
         default_factory=lambda: {"frames": 0, "keys": 0, "macs_exact": 0, "macs_paper": 0, "seconds": 0.0}
@@ -145,6 +158,8 @@ class SparseMethod(OnlineMethod):
         with torch.no_grad():
             cache, head_affines = state.cache, state.head_affines
             changed = cache is None or (not body and (cache.plan.shape != tuple(x.shape) or cache.ref.device != x.device))
+            if state.streak is not None and not changed and self._still_moving(x, state.streak, cache):
+                return self._plain(x, state, start)
             sparse: dict[str, Any] = {}
 
             def cost() -> float:
@@ -158,7 +173,11 @@ class SparseMethod(OnlineMethod):
                 sparse["a"], sparse["schedule"] = a, self.runner.schedule(a, cache)
                 return sparse["schedule"].mac_fraction
 
-            (key,), schedule = self.schedule.push((lambda: math.inf) if changed else cost, state.schedule)
+            streak_ended = state.streak is not None and not changed
+            (key,), schedule = self.schedule.push((lambda: math.inf) if changed or streak_ended else cost, state.schedule)
+            forced = state.forced + 1 if key and "schedule" in sparse and sparse["schedule"].mac_fraction > self.break_even else 0
+            if forced > 1 and not body:  # the picture keeps moving: a cache would be wasted
+                return self._plain(x, state, start)
             heads = 1
             if key:
                 a = x
@@ -167,11 +186,7 @@ class SparseMethod(OnlineMethod):
                     heads += int(sparse.get("head", False))
                 f, cache = self.runner.key(a, cache)
                 plan = cache.plan
-                stats = FrameStats(
-                    key=True, changed=1.0, active=[1.0] * len(plan.nodes),
-                    macs_exact=plan.dense_macs[0], macs_paper=plan.dense_macs[1],
-                    dense_macs_exact=plan.dense_macs[0], dense_macs_paper=plan.dense_macs[1],
-                )  # fmt: skip
+                stats = self._dense_stats(plan)
             else:
                 # the dense tail consumes the body output at once: no copy of the cache needed
                 f, stats = self.runner.update(sparse["a"], cache, sparse["schedule"], copy=not body)
@@ -182,14 +197,46 @@ class SparseMethod(OnlineMethod):
             stats.macs_paper += heads * head[1] + tail[1]
             stats.dense_macs_exact += head[0] + tail[0]
             stats.dense_macs_paper += head[1] + tail[1]
+        new = SparseState(schedule=schedule, cache=cache, head_affines=head_affines, forced=forced)
+        return y, self._account(new, state, stats, key, start), key
+
+    def _still_moving(self, x: torch.Tensor, previous: torch.Tensor, cache: SparseCache) -> bool:
+        """In a dense streak: whether a sparse pass from the previous frame would still cost more
+        than break-even (the changed input alone, then the predicted cost with the cached plan)."""
+        mask = self.runner.change_mask(x, previous, cache.plan)
+        if mask.float().mean().item() > self.break_even:  # every layer's active area covers the input's
+            return True
+        return self.runner.schedule(x, cache, changed=mask).mac_fraction > self.break_even
+
+    def _plain(self, x: torch.Tensor, state: SparseState, start: float) -> tuple[torch.Tensor, SparseState, bool]:
+        """A dense streak frame: the plain teacher (bit for bit the teacher method's output); the
+        cache is kept only for its plan."""
+        y = self.teacher(x)
+        (_, schedule) = self.schedule.push(lambda: math.inf, state.schedule)
+        new = SparseState(schedule=schedule, cache=state.cache, head_affines=state.head_affines,
+                          streak=x, forced=state.forced + 1)  # fmt: skip
+        return y, self._account(new, state, self._dense_stats(state.cache.plan), True, start), True
+
+    @staticmethod
+    def _dense_stats(plan) -> FrameStats:
+        return FrameStats(
+            key=True, changed=1.0, active=[1.0] * len(plan.nodes),
+            macs_exact=plan.dense_macs[0], macs_paper=plan.dense_macs[1],
+            dense_macs_exact=plan.dense_macs[0], dense_macs_paper=plan.dense_macs[1],
+        )  # fmt: skip
+
+    @staticmethod
+    def _account(new: SparseState, old: SparseState, stats: FrameStats, key: bool, start: float) -> SparseState:
+        """``new`` with this frame's stats and the running totals."""
         stats.total_s = time.perf_counter() - start
-        totals = dict(state.totals)
+        totals = dict(old.totals)
         totals["frames"] += 1
         totals["keys"] += int(key)
         totals["macs_exact"] += stats.macs_exact
         totals["macs_paper"] += stats.macs_paper
         totals["seconds"] += stats.total_s
-        return y, SparseState(schedule=schedule, cache=cache, head_affines=head_affines, last=stats, totals=totals), key
+        new.last, new.totals = stats, totals
+        return new
 
     def _head_tail_macs(self, shape: tuple[int, ...]) -> tuple[tuple[int, int], tuple[int, int]]:
         """(exact, paper) MACs of the dense head and of the dense tail at this input shape, from

@@ -211,16 +211,19 @@ class SparseRunner:
     def changed(self, x: torch.Tensor, cache: SparseCache) -> torch.Tensor:
         """``H x W`` bool: input pixels that moved by more than ``threshold`` (any channel) from
         the reference, grown by ``dilation`` pixels."""
-        if tuple(x.shape) != cache.plan.shape:
-            raise UserError(
-                f"frame size {tuple(x.shape)} differs from the key frame's {cache.plan.shape}; run a key frame first."
-            )
+        return self.change_mask(x, cache.ref, cache.plan)
+
+    @torch.no_grad()
+    def change_mask(self, x: torch.Tensor, ref: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        """:meth:`changed` against any reference frame of the plan's size."""
+        if tuple(x.shape) != plan.shape:
+            raise UserError(f"frame size {tuple(x.shape)} differs from the key frame's {plan.shape}; run a key frame first.")
         if self.threshold == 0:
-            mask = (x[0] != cache.ref[0]).any(0)
+            mask = (x[0] != ref[0]).any(0)
         else:
-            mask = (x[0] - cache.ref[0]).abs_().amax(0) > self.threshold
-        if cache.plan.dilate is not None:
-            mask = _spread(mask, cache.plan.dilate)
+            mask = (x[0] - ref[0]).abs_().amax(0) > self.threshold
+        if plan.dilate is not None:
+            mask = _spread(mask, plan.dilate)
         return mask
 
     @torch.no_grad()
