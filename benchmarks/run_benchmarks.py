@@ -6,7 +6,10 @@
 For each task (``scenes``, ``edges``) it benchmarks the shipped teacher on held-out clip 0 with
 ``fastv2v.bench.run_bench`` (the same code as ``fastv2v bench``), writes
 ``results/<task>/bench.json|bench.md|pareto.png`` and regenerates ``RESULTS.md`` with both tables,
-the machine (CPU model, cores, torch, threads, dtype) and the exact command. Results are only
+the machine (CPU model, cores, torch, threads, dtype) and the exact command. Per task it also
+draws ``results/<task>-front.png`` from both suites' rows (end-to-end speed-up against PSNR to the
+teacher, the training-free Pareto front as a line) and states, per distilled row, its margin
+over that front at its own speed-up. Results are only
 comparable on the same machine, so run it on an otherwise idle one.
 
 Adding a method to the headline: append it to a suite in ``SUITES`` (a method that needs its
@@ -105,6 +108,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from fastv2v.bench import run_bench, write_report
+    from fastv2v.bench.report import speed_front
     from fastv2v.errors import UserError
 
     try:
@@ -152,8 +156,23 @@ def main(argv: list[str] | None = None) -> int:
         if not reports:
             print("run_benchmarks: no task could run; nothing written.", file=sys.stderr)
             return 1
+        fronts = {}  # task -> the figure over both suites' rows (None when no row has the numbers)
+        for task in tasks:
+            rows = [r for name, (report, _) in reports.items() if task_of(name) == task for r in report["results"]]
+            if not rows:
+                continue
+            png = out / f"{task}-front.png"
+            title = f"{task}: end-to-end speed-up against PSNR to the teacher, all suites"
+            if speed_front(rows, png, title):
+                print(f"{task}: wrote {png}")
+            else:
+                png.unlink(missing_ok=True)  # never leave an earlier run's figure next to this run's tables
+                png = None
+            fronts[task] = png
         results_md.parent.mkdir(parents=True, exist_ok=True)
-        results_md.write_text(results_page(reports, skipped, command, results_md.parent, quick=args.quick))
+        results_md.write_text(
+            results_page(reports, skipped, command, results_md.parent, quick=args.quick, fronts=fronts)
+        )
         print(f"wrote {results_md}")
     finally:
         if models_dir is not None:
@@ -164,8 +183,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def results_page(reports: dict, skipped: list[str], command: str, base: Path, *, quick: bool) -> str:
-    """``RESULTS.md``: the machine, the command, one section per task with its table and plot."""
+def task_of(name: str) -> str:
+    """The task of a report name: ``scenes`` for ``scenes`` and ``scenes-fastvid2vid``."""
+    return name.split("-", 1)[0]
+
+
+def front_section(task: str, rows: list[dict], png: Path | None, base: Path) -> list[str]:
+    """The per-task comparison over all suites' rows: the speed-front figure and one line per
+    distilled row against the training-free front at its own end-to-end speed-up."""
+    from fastv2v.bench.report import DISTILLED, FRONT_RULE, TRAINING_FREE, front_lines
+
+    lines = ["", f"## {task}: distilled against training-free, end to end", ""]
+    if png is None:
+        return lines + ["No figure: no training-free or distilled row has both an end-to-end speed-up and a PSNR to "
+                        "the teacher (was the end-to-end pass skipped?)."]  # fmt: skip
+    lines += [
+        f"![{task}: end-to-end speed-up against PSNR to the teacher]({os.path.relpath(png, base)})",
+        "",
+        f"Every suite's rows of this task together; each speed-up is against the teacher run of its own suite, "
+        f"in the same process on the same clip. Training-free (blues): {', '.join(TRAINING_FREE)}; distilled "
+        f"(reds and oranges): {', '.join(DISTILLED)}. {FRONT_RULE}",
+        "",
+    ]
+    return lines + front_lines(rows)
+
+
+def results_page(
+    reports: dict, skipped: list[str], command: str, base: Path, *, quick: bool, fronts: dict | None = None
+) -> str:
+    """``RESULTS.md``: the machine, the command, one section per suite and task with its table and
+    plot, and per task (``fronts``: task -> its speed-front figure or None) the distilled methods
+    against the training-free front over all its suites' rows."""
     from fastv2v.bench import markdown
 
     first = next(iter(reports.values()))[0]
@@ -187,14 +235,19 @@ def results_page(reports: dict, skipped: list[str], command: str, base: Path, *,
         f"- date: {datetime.date.today().isoformat()}",
         f"- command: `{command}`",
     ]
-    for task, (report, paths) in reports.items():
+    names = list(reports)
+    for i, (name, (report, paths)) in enumerate(reports.items()):
         inp = report["input"]
-        title = f"{task}: held-out clip {inp['clip']}, {inp['frames']} frames at {inp['height']}x{inp['width']}"
+        title = f"{name}: held-out clip {inp['clip']}, {inp['frames']} frames at {inp['height']}x{inp['width']}"
         body = markdown(report, title=title, level=2).split("\n")
         lines += [""] + [ln for ln in body if not ln.startswith(("- command:", "- device:"))]  # in the header
         if "png" in paths:
-            lines += [f"![{task}: cost against PSNR to the teacher]({os.path.relpath(paths['png'], base)})", ""]
+            lines += [f"![{name}: cost against PSNR to the teacher]({os.path.relpath(paths['png'], base)})", ""]
         lines.append(f"Raw numbers: [{os.path.relpath(paths['json'], base)}]({os.path.relpath(paths['json'], base)})")
+        task = task_of(name)
+        if fronts is not None and task in fronts and (i + 1 == len(names) or task_of(names[i + 1]) != task):
+            rows = [r for n, (rep, _) in reports.items() if task_of(n) == task for r in rep["results"]]
+            lines += front_section(task, rows, fronts[task], base)  # after the task's last suite
     curve = HERE / "results" / "sparse_curve.md"
     if not quick and curve.exists():  # written by benchmarks/sparse_curve.py (fixed camera, 256x512)
         lines += ["", "## Sparse incremental inference: speed-up against changed area", "",

@@ -198,6 +198,9 @@ def test_headline_script_quick_run(tmp_path, capsys):
     page = (tmp_path / "RESULTS.md").read_text()
     assert "RANDOM teachers" in page and "| repeat | 4 |" in page and "](results/scenes/pareto.png)" in page
     assert {p.name for p in (out / "scenes").iterdir()} == {"bench.json", "bench.md", "pareto.png"}
+    section = page.split("## scenes: distilled against training-free, end to end\n", 1)[1]
+    assert section.startswith("\n![scenes: end-to-end speed-up against PSNR to the teacher](results/scenes-front.png)")
+    assert (out / "scenes-front.png").is_file() and "- shortcut@3: e2e " in section and "- fast@2: e2e " in section
 
 
 def test_perceptual_columns_are_null_with_a_reason_without_files(scenes_report):
@@ -217,3 +220,57 @@ def test_lpips_column_from_a_local_file(scenes_teacher, tmp_path):
     teacher, repeat = report["results"]
     assert teacher["lpips_vs_teacher"] == pytest.approx(0.0, abs=1e-6)
     assert repeat["lpips_vs_teacher"] > 0
+
+
+def _front_row(method, interval, speedup, psnr, **notes):
+    return {"method": method, "interval": interval, "e2e_speedup_vs_teacher": speedup, "psnr_vs_teacher": psnr,
+            "notes": notes}  # fmt: skip
+
+
+def test_speed_front_interpolation_and_margins(tmp_path):
+    """The training-free front, the linear interpolation along it and the margin lines, on hand-made rows."""
+    from fastv2v.bench.report import front_lines, front_psnr_at, speed_front, training_free_front
+
+    rows = [
+        _front_row("teacher", 1, 1.0, None),
+        _front_row("interp", 2, 2.0, 30.0),
+        _front_row("repeat", 2, 2.5, 27.0),  # a tie in PSNR with a faster row: not on the front
+        _front_row("reuse", 2, 3.0, 27.0),
+        _front_row("repeat", 4, 2.8, 25.0),  # beaten on both by reuse@2
+        _front_row("minterpolate", 4, 4.0, 25.0),
+        _front_row("sparse", None, 0.7, None, psnr_vs_teacher="identical to the reference on every frame"),
+        _front_row("shortcut", 3, 2.5, 29.0),  # on the line from interp@2 (2x, 30) to reuse@2 (3x, 27): 28.5 there
+        _front_row("fast", 4, 3.5, 25.0),  # halfway from reuse@2 to minterpolate@4: 26.0
+        _front_row("spatial", None, 1.5, 31.0),  # slower than the whole front: its slowest point, interp@2
+        _front_row("fast", 8, 5.0, 24.0),  # faster than the whole front
+        _front_row("shortcut_auto", 2, None, 30.0, e2e_fps="end-to-end pass not run (e2e=False)"),
+    ]
+    front = training_free_front(rows)
+    assert [(x, y, label) for x, y, label in front] == [
+        (2.0, 30.0, "interp@2"), (3.0, 27.0, "reuse@2"), (4.0, 25.0, "minterpolate@4")
+    ]  # fmt: skip
+    assert front_psnr_at(front, 2.5)[0] == pytest.approx(28.5)
+    assert front_psnr_at(front, 3.0) == (27.0, "at reuse@2")
+    assert front_psnr_at(front, 1.5)[0] == 30.0
+    assert front_psnr_at(front, 4.5)[0] is None and front_psnr_at([], 2.0)[0] is None
+
+    lines = front_lines(rows)
+    assert lines == [
+        "- shortcut@3: e2e 2.50×, PSNR 29.00 dB; training-free front at 2.50×: 28.50 dB (linear between interp@2 "
+        "(2.00×, 30.00 dB) and reuse@2 (3.00×, 27.00 dB)); margin +0.50 dB (above the front)",
+        "- fast@4: e2e 3.50×, PSNR 25.00 dB; training-free front at 3.50×: 26.00 dB (linear between reuse@2 "
+        "(3.00×, 27.00 dB) and minterpolate@4 (4.00×, 25.00 dB)); margin -1.00 dB (below the front)",
+        "- spatial: e2e 1.50×, PSNR 31.00 dB; training-free front at 1.50×: 30.00 dB (interp@2 at 2.00× is faster); "
+        "margin +1.00 dB (above the front)",
+        "- fast@8: e2e 5.00×, PSNR 24.00 dB; beyond the training-free front (its fastest point: minterpolate@4 at "
+        "4.00×, 25.00 dB)",
+        "- not in the figure: sparse (e2e 0.70×): no PSNR to the teacher: identical to the reference on every frame",
+        "- not in the figure: shortcut_auto@2: no e2e speed-up: end-to-end pass not run (e2e=False)",
+    ]  # fmt: skip
+
+    png = tmp_path / "scenes-front.png"
+    assert speed_front(rows, png, "hand-made") and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["scenes-front.png"]  # no temporary left behind
+    no_e2e = [dict(r, e2e_speedup_vs_teacher=None) for r in rows]
+    assert not speed_front(no_e2e, tmp_path / "none.png", "no e2e") and not (tmp_path / "none.png").exists()
+    assert all(line.startswith("- not in the figure:") for line in front_lines(no_e2e))

@@ -4,6 +4,10 @@ The Markdown table is what a person reads first, so it shows the two questions s
 cost (MACs, model-only and end-to-end speed against the teacher measured in the same process)
 and quality (fidelity to the teacher and ground truth, flicker). Every null cell is explained
 under the table, with the reason the JSON carries.
+
+For ``benchmarks/RESULTS.md`` it also draws, per task, the speed front (:func:`speed_front`): end-to-end
+speed-up against PSNR to the teacher over both suites' rows, the distilled methods against the
+training-free Pareto front, and words the comparison per distilled row (:func:`front_lines`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ import numpy as np
 from fastv2v.atomic import atomic_path
 from fastv2v.errors import UserError
 
-__all__ = ["clean", "markdown", "pareto", "write_report"]
+__all__ = [
+    "DISTILLED", "FRONT_RULE", "TRAINING_FREE", "clean", "front_lines", "front_psnr_at", "markdown", "pareto",
+    "speed_front", "training_free_front", "write_report",
+]  # fmt: skip
 
 
 def clean(obj: Any) -> Any:
@@ -302,3 +309,164 @@ def pareto(report: dict, path: str | os.PathLike) -> None:
     )
     with open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
+
+
+# ---------------------------------------------------------------------------------------------
+# Speed front: distilled methods against the training-free ones, end to end
+
+#: Methods that need nothing besides the teacher (key frames plus cheap propagation).
+TRAINING_FREE = ("repeat", "reuse", "interp", "minterpolate", "sparse")
+#: Methods that run a model distilled from the teacher (their own model file).
+DISTILLED = ("shortcut", "shortcut_auto", "spatial", "fast")
+_FREE_COLORS = {"repeat": "#08306b", "reuse": "#2171b5", "interp": "#4292c6", "minterpolate": "#6baed6",
+                "sparse": "#17becf"}  # fmt: skip
+_DISTILLED_COLORS = {"shortcut": "#a50f15", "shortcut_auto": "#ef3b2c", "spatial": "#d94801", "fast": "#fd8d3c"}
+_METHOD_MARKERS = {"repeat": "o", "reuse": "s", "interp": "^", "minterpolate": "v", "sparse": "D",
+                   "shortcut": "o", "shortcut_auto": "s", "spatial": "^", "fast": "D"}  # fmt: skip
+#: How :func:`front_lines` compares, for the page that shows them.
+FRONT_RULE = (
+    "The line is the training-free Pareto front: the training-free rows that no other training-free row "
+    "matches or beats on both end-to-end speed-up and PSNR to the teacher (better on at least one). "
+    "The front's PSNR at a distilled row's speed-up is a linear interpolation between the two neighbouring "
+    "front points (the straight line drawn, not a staircase); at a speed-up below the front's slowest point "
+    "it is that point's PSNR (a faster training-free row reaches it); beyond the front's fastest point there "
+    "is nothing to compare with. Margin = the row's PSNR minus the front's, positive when the distilled "
+    "row lies above the front."
+)
+
+
+def _speed_point(r: dict) -> tuple[float, float] | None:
+    """(e2e speed-up against the teacher, PSNR to the teacher) of a row, or None when either is missing."""
+    x, y = r.get("e2e_speedup_vs_teacher"), r.get("psnr_vs_teacher")
+    if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
+        return None
+    return float(x), float(y)
+
+
+def _missing_reason(r: dict) -> str:
+    """Why a row has no point in the speed front (the row's own note where it has one)."""
+    notes = r.get("notes") or {}
+    for key, field in (("e2e_speedup_vs_teacher", "e2e_fps"), ("psnr_vs_teacher", "psnr_vs_teacher")):
+        value = r.get(key)
+        if value is None or not math.isfinite(value):
+            reason = notes.get(key) or notes.get(field)
+            what = "no e2e speed-up" if key.startswith("e2e") else "no PSNR to the teacher"
+            return f"{what}: {reason}" if reason else what
+    return ""
+
+
+def training_free_front(rows: list[dict]) -> list[tuple[float, float, str]]:
+    """The training-free Pareto front of ``rows`` as ``(e2e speed-up, PSNR, method@interval)``,
+    by speed-up: a training-free row with both numbers is on it unless another training-free row
+    is at least as fast and at least as close to the teacher, and better on one of the two (a
+    row that only ties a faster one, as ``repeat`` and ``reuse`` do in PSNR, is not on it)."""
+    points = [(p[0], p[1], _row_label(r)) for r in rows if r["method"] in TRAINING_FREE for p in [_speed_point(r)] if p]
+    front = [
+        (x, y, label) for x, y, label in points
+        if not any(x2 >= x and y2 >= y and (x2 > x or y2 > y) for x2, y2, _ in points)
+    ]  # fmt: skip
+    return sorted(front, key=lambda p: (p[0], -p[1]))
+
+
+def front_psnr_at(front: list[tuple[float, float, str]], speedup: float) -> tuple[float | None, str]:
+    """The front's PSNR at ``speedup`` and how it was found (linear interpolation between the
+    two neighbouring front points); ``None`` beyond the front's fastest point or without a front."""
+    if not front:
+        return None, "no training-free row with an e2e speed-up and a PSNR to compare with"
+    fastest = front[-1]
+    if speedup > fastest[0]:
+        return None, (f"beyond the training-free front (its fastest point: {fastest[2]} at {fastest[0]:.2f}×, "
+                      f"{fastest[1]:.2f} dB)")  # fmt: skip
+    slowest = front[0]
+    if speedup < slowest[0]:
+        return slowest[1], f"{slowest[2]} at {slowest[0]:.2f}× is faster"
+    for (xa, ya, a), (xb, yb, b) in zip(front, front[1:] + [front[-1]]):
+        if speedup == xa:
+            return ya, f"at {a}"
+        if xa < speedup < xb:
+            y = ya + (yb - ya) * (speedup - xa) / (xb - xa)
+            return y, f"linear between {a} ({xa:.2f}×, {ya:.2f} dB) and {b} ({xb:.2f}×, {yb:.2f} dB)"
+    raise AssertionError("unreachable: speedup lies within the front")  # pragma: no cover
+
+
+def front_lines(rows: list[dict]) -> list[str]:
+    """One Markdown bullet per distilled row: its e2e speed-up and PSNR, the training-free
+    front's PSNR at that speed-up (see :data:`FRONT_RULE`) and the margin in dB; then one bullet
+    per reason that leaves rows out of the figure, naming them. The teacher's row is never compared."""
+    front = training_free_front(rows)
+    lines, left_out = [], {}  # reason -> the rows it leaves out of the figure
+    for r in rows:
+        if r["method"] == "teacher":
+            continue
+        point = _speed_point(r)
+        if point is None:
+            if r["method"] in TRAINING_FREE or r["method"] in DISTILLED:
+                x = r.get("e2e_speedup_vs_teacher")
+                at = f" (e2e {x:.2f}×)" if x is not None and math.isfinite(x) else ""
+                left_out.setdefault(_missing_reason(r), []).append(f"{_row_label(r)}{at}")
+            continue
+        if r["method"] not in DISTILLED:
+            continue
+        x, y = point
+        head = f"- {_row_label(r)}: e2e {x:.2f}×, PSNR {y:.2f} dB; "
+        front_y, how = front_psnr_at(front, x)
+        if front_y is None:
+            lines.append(head + how)
+            continue
+        margin = y - front_y
+        side = "above" if margin > 0 else "below" if margin < 0 else "on"
+        lines.append(
+            head + f"training-free front at {x:.2f}×: {front_y:.2f} dB ({how}); "
+            f"margin {margin:+.2f} dB ({side} the front)"
+        )
+    return lines + [f"- not in the figure: {', '.join(labels)}: {reason}" for reason, labels in left_out.items()]
+
+
+def speed_front(rows: list[dict], path: str | os.PathLike, title: str) -> bool:
+    """Write the figure end-to-end speed-up against the teacher (x) vs PSNR to the teacher (y)
+    for ``rows`` (any number of suites' rows of one clip) to ``path``, atomically; returns False,
+    writing nothing, when no training-free or distilled row has both numbers.
+
+    Training-free methods are blues, distilled ones reds and oranges, each point is labelled
+    ``method@interval``, and the training-free Pareto front (:func:`training_free_front`) is a
+    line, so a distilled point above the line beats every training-free method at its speed.
+    """
+    order = TRAINING_FREE + DISTILLED
+    points = [(r, p) for r in rows if r["method"] in order for p in [_speed_point(r)] if p]
+    if not points:
+        return False
+    points.sort(key=lambda rp: order.index(rp[0]["method"]))  # the legend: training-free first
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.axvline(1.0, color="0.4", linestyle="--", linewidth=1)
+    ax.annotate("teacher (1×)", (1.0, 1.0), xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right",
+                fontsize=8, color="0.3")  # fmt: skip
+    front = training_free_front(rows)
+    if front:
+        xs, ys, _ = zip(*front)
+        ax.plot(xs, ys, color=_FREE_COLORS["reuse"], alpha=0.6, linewidth=1.5, zorder=2,
+                label="training-free Pareto front")  # fmt: skip
+    seen = set()
+    for r, (x, y) in points:
+        method = r["method"]
+        color = _FREE_COLORS.get(method) or _DISTILLED_COLORS[method]
+        family = "training-free" if method in TRAINING_FREE else "distilled"
+        label = None if method in seen else f"{method} ({family})"
+        seen.add(method)
+        ax.scatter([x], [y], color=color, marker=_METHOD_MARKERS.get(method, "o"), zorder=3, label=label,
+                   edgecolors="black" if family == "distilled" else "none", linewidths=0.5)  # fmt: skip
+        ax.annotate(_row_label(r), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8, color=color)
+    ax.set_xlabel("end-to-end speed-up against the teacher (decode + model + H.264 encode), ×")
+    ax.set_ylabel("PSNR to the teacher, dB (all frames)")
+    ax.set_xlim(0, max(1.0, max(x for _, (x, _) in points)) * 1.1)  # room for the labels on the right
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(title, fontsize=10)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            fig.savefig(f, format="png", dpi=110)
+    return True
