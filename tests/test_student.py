@@ -116,6 +116,33 @@ def test_inverted_body_shapes_and_cost():
         student(torch.zeros(1, 3, 18, 18))
 
 
+def test_pruned_student_keeps_the_teachers_strongest_channels():
+    """Full width keeps every channel in order: the teacher itself, bit for bit. Narrower, it
+    keeps the channels of largest weight norm through every layer and the residual stream, and
+    runs on the full-size input."""
+    teacher = make_teacher(ngf=8, n_blocks=3)
+    x = clip(1, 4)[0]
+    whole = student_from_teacher(teacher, body="pruned", width=8).eval()
+    with torch.no_grad():
+        assert torch.equal(whole(x), teacher(x))
+        strong = [0, 2, 5, 7]  # make these the stem's strongest outputs
+        teacher.model[1].weight[strong] *= 10
+        half = student_from_teacher(teacher, body="pruned", width=4).eval()
+        assert torch.equal(half.model[1].weight, teacher.model[1].weight[strong])
+        y, f = half(x, features=True)
+    assert half.scale == 1 and torch.equal(half.downsample_input(x), x)
+    assert y.shape == x.shape and f.shape == (1, 8, 16, 16) and half.feature_channels == 8
+    def strongest(weight, kept_in, n):
+        return torch.sort(torch.topk(weight[:, kept_in].abs().flatten(1).sum(1), n).indices).values
+
+    stream = strongest(teacher.model[7].weight, strongest(teacher.model[4].weight, strong, 8), 16)
+    for block in [i for i, m in enumerate(teacher.model) if hasattr(m, "conv_block")]:
+        ours, theirs = half.model[block].conv_block[5], teacher.model[block].conv_block[5]
+        assert torch.equal(ours.bias, theirs.bias[stream])  # every block writes the same stream
+    with pytest.raises(UserError, match="--width"):
+        student_from_teacher(teacher, body="pruned")
+
+
 def test_macs_of_the_shipped_teacher_config_and_its_students():
     """resnet_6blocks ngf 32, 9 label classes, 128x256: the resnet-body student saves exactly 3/4
     of the first 7x7 conv (it runs on a quarter of the pixels; the stride-1 conv at H/2 costs what
@@ -130,6 +157,8 @@ def test_macs_of_the_shipped_teacher_config_and_its_students():
     assert t.macs_exact == 4_844_421_120
     assert inverted.macs_exact < t.macs_exact / 5.5  # 0.87 G against 4.84 G
     assert inverted.params < t.params / 5
+    pruned = profile(student_from_teacher(teacher, body="pruned", width=16), x)
+    assert 3.5 < t.macs_paper / pruned.macs_paper < 3.7  # 1.59 G against 5.75 G, paper convention
 
 
 # --- the model file ---------------------------------------------------------------------------
@@ -235,6 +264,25 @@ def test_distill_resume_is_exact_and_exports_a_bundle(tmp_path, teacher_file, te
     assert (tmp_path / "b" / "samples" / "step_000004.png").is_file()
     losses = [line for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert len(losses) == 4 and ('"temporal"' in losses[0]) == temporal
+
+
+def test_a_pruned_student_distils_without_a_discriminator(tmp_path, teacher_file):
+    """--body pruned --gan-weight 0: the discriminator never runs (its optimiser never steps) and
+    the exported file runs ``fast`` with the pruned student on the full-size input."""
+    from fastv2v.train.student import distill_student
+
+    config = distill_config(tmp_path, teacher_file, "p", body="pruned", width=4, blocks=None, lambda_gan=0.0)
+    path = distill_student(config, pairs(), progress=False)
+    log = (tmp_path / "p" / "log.jsonl").read_text()
+    assert '"gan"' not in log and '"D_real"' not in log
+    optimizers = torch.load(tmp_path / "p" / "checkpoint.pt", weights_only=False)["optimizers"]
+    assert optimizers["D"]["state"] == {} and optimizers["G"]["state"]  # D never stepped, G did
+    model = load_student(path, teacher=make_teacher())
+    assert model.student.config["body"] == "pruned" and model.student.scale == 1
+    y = Fast(model.teacher, 2, student=model.student)
+    assert len(run_online(y, clip(3, 1))) == 3
+    with pytest.raises(UserError, match="GAN weight"):
+        distill_config(tmp_path, teacher_file, "q", lambda_gan=-1.0).validate()
 
 
 def test_warm_start_copies_the_student_and_refuses_another(tmp_path, teacher_file):

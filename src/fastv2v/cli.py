@@ -338,7 +338,7 @@ def cmd_distill_student(args: argparse.Namespace) -> int:
         teacher=str(teacher), out_dir=args.out, task=args.task, body=args.body, width=args.width,
         expansion=args.expansion, blocks=args.blocks, interval=args.interval, size=(h, w), batch=args.batch,
         steps=args.steps, decay_steps=args.decay_steps, lr=args.lr, motion_weight=args.motion_weight,
-        vgg_weights=args.vgg_weights, temporal=args.temporal, max_gap=args.max_gap,
+        lambda_gan=args.gan_weight, vgg_weights=args.vgg_weights, temporal=args.temporal, max_gap=args.max_gap,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, seed=args.seed, resume=args.resume,
         device=args.device, num_workers=args.workers, precision=args.precision, init=args.init, force=args.force,
     )  # fmt: skip
@@ -577,16 +577,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = distill.add_parser("student", help="train a Fast-Vid2Vid spatial student (half-resolution input, cheap "
                            "body) for a frozen teacher; writes one model file with teacher and student")  # fmt: skip
-    p.add_argument("--body", default="inverted", choices=["inverted", "resnet"], help="inverted: inverted-residual "
-                   "blocks (cheap, the default); resnet: the teacher's own body (only the input is halved)")  # fmt: skip
+    p.add_argument("--body", default="inverted", choices=["inverted", "resnet", "pruned"], help="inverted: "
+                   "inverted-residual blocks on the half-size input (cheap, the default); resnet: the teacher's own "
+                   "body (only the input is halved); pruned: the teacher's layers at --width base channels on the "
+                   "full-size input, started from the teacher's strongest channels")  # fmt: skip
     p.add_argument("--width", type=int, default=None, help="inverted body width (default: 2 ngf, the teacher's "
-                   "feature channels)")  # fmt: skip
+                   "feature channels); pruned: the base width (e.g. 16 for an ngf-32 teacher)")  # fmt: skip
     p.add_argument("--expansion", type=int, default=2, help="inverted blocks' expansion (default 2)")
     p.add_argument("--blocks", type=int, default=None, help="inverted blocks (default 4)")
     p.add_argument("--interval", type=int, default=4, help="key-frame interval of --method fast stored in the "
                    "file (default 4)")  # fmt: skip
     p.add_argument("--motion-weight", type=float, default=1.0, help="the fastest-moving pixels weigh 1 + this "
                    "in the output L1 (default 1; 0: plain L1)")  # fmt: skip
+    p.add_argument("--gan-weight", type=float, default=1.0, help="weight of the LSGAN term (default 1; 0: no "
+                   "discriminator at all, fidelity to the teacher only)")  # fmt: skip
     p.add_argument("--temporal", action="store_true", help="also part-time (temporal) distillation on pairs up to "
                    "--max-gap frames apart (student on both frames; twice the step time)")  # fmt: skip
     p.add_argument("--max-gap", type=int, default=None, help="--temporal: largest pair gap (default 3)")

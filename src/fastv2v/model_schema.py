@@ -129,7 +129,7 @@ def student_problem(config: Any) -> str | None:
         problem = _int(config, "width", 1, 4 * MAX_CHANNELS)
     return _first(
         problem, _int(config, "n_blocks", 0, MAX_BLOCKS), _int(config, "expansion", 1, 64),
-        _choice(config, "body", ("inverted", "resnet")), _choice(config, "activation", ("relu", "relu6")),
+        _choice(config, "body", ("inverted", "resnet", "pruned")), _choice(config, "activation", ("relu", "relu6")),
         _bool(config, "use_bias"),
     )  # fmt: skip
 

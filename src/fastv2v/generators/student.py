@@ -28,6 +28,16 @@ Layout, for the 2-downsampling ResNet teacher (``C = 2 ngf``; ``model`` is one f
   1x1 mapping conv (:func:`feature_mapping`);
 * tail: the teacher's tail (IN, ReLU, transposed conv C->ngf to H, IN, ReLU, pad, 7x7 conv, tanh).
 
+**Pruned** (GAN Compression's other way, ``body="pruned"``): the teacher's own layer list with
+every width scaled to ``width`` base channels instead of ``ngf`` (``width = ngf / 2`` costs about
+a quarter of the body's MACs and 3.6x fewer in all), on the **full-resolution** input: nothing is
+halved, so no detail is lost before the network starts. :func:`student_from_teacher` copies the
+teacher's strongest channels into it (per layer, the output channels of largest L1 weight norm,
+the input channels the previous layer kept; the residual stream keeps one set through every
+block), so distillation starts from a pruned teacher rather than from scratch. On the scenes
+teacher 250 steps of plain output L1 took it from 14.2 dB to 25.6 dB to the teacher on the
+held-out clips, where the inverted-residual student had reached 22.2 dB after 6,500.
+
 **Where the input is downsampled: inside** ``forward``. ``student(x)`` takes the same
 full-resolution model input as the teacher (``encode_input`` is the teacher's), so it is a
 drop-in replacement wherever a teacher runs (the engine, the benchmark, the distiller), and
@@ -59,7 +69,7 @@ __all__ = [
     "student_from_teacher",
 ]
 
-BODIES = ("resnet", "inverted")
+BODIES = ("resnet", "inverted", "pruned")
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
 
 #: Default cheap body (see :func:`student_from_teacher`): ``width`` = the teacher's feature
@@ -167,6 +177,9 @@ class SpatialStudent(SplitGenerator):
         if label_nc:
             input_nc = label_nc + int(use_instance)
         channels = 2 * ngf
+        pruned = body == "pruned"
+        if pruned and not (width and 1 <= width):
+            raise UserError("a pruned student needs --width, its base width (the teacher's ngf is the most).")
         width = int(width or (channels if body == "inverted" else 2 ** n_downsampling * ngf))
         if body == "inverted" and (width < 1 or expansion < 1 or n_blocks < 0):
             raise UserError(f"the inverted body needs width >= 1, expansion >= 1 and blocks >= 0, not "
@@ -180,10 +193,11 @@ class SpatialStudent(SplitGenerator):
         self.input_nc, self.output_nc = input_nc, output_nc
         self.label_nc, self.use_instance = label_nc, use_instance
         self.body_kind = body
-        teacher_blocks = n_blocks if body == "resnet" else 0
-        layers = resnet_layers(input_nc, output_nc, ngf, n_downsampling, teacher_blocks, norm, use_dropout,
-                               padding_type, use_bias)  # fmt: skip
-        layers[4].stride = (1, 1)  # the first downsampling conv: stride 1 on the half-resolution input
+        teacher_blocks = n_blocks if body in ("resnet", "pruned") else 0
+        layers = resnet_layers(input_nc, output_nc, width if pruned else ngf, n_downsampling, teacher_blocks, norm,
+                               use_dropout, padding_type, use_bias)  # fmt: skip
+        if not pruned:
+            layers[4].stride = (1, 1)  # the first downsampling conv: stride 1 on the half-resolution input
         head_end, body_end = shortcut_split(n_downsampling, teacher_blocks)
         if body == "inverted":
             new_body = _inverted_body(channels, width, n_downsampling, n_blocks, expansion, norm, padding_type,
@@ -194,15 +208,21 @@ class SpatialStudent(SplitGenerator):
         self.split = (head_end, body_end)
         # the half-resolution input must survive n_downsampling - 1 stride-2 stages and come back
         self.size_multiple = 2 * 2 ** (n_downsampling - 1)
-        self.scale = 2
+        self.scale = 1 if pruned else 2  # how much the input is shrunk before the network
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the body output (what the feature loss maps to the teacher's)."""
+        return 2 * int(self.config["width"]) if self.body_kind == "pruned" else 2 * int(self.config["ngf"])
 
     # -- the input ---------------------------------------------------------------------------
 
     def check_size(self, height: int, width: int, source: str = "the input") -> None:
         m = self.size_multiple
         if height % m or width % m:
+            halves = " halves it and" if self.scale == 2 else ""
             raise UserError(
-                f"{source} is {height}x{width} but the student halves it and needs sides that are multiples of {m}; "
+                f"{source} is {height}x{width} but the student{halves} needs sides that are multiples of {m}; "
                 f"pass --size with such a size (e.g. {height // m * m or m}x{width // m * m or m})."
             )
 
@@ -213,6 +233,8 @@ class SpatialStudent(SplitGenerator):
         h, w = x.shape[-2:]
         if h % self.size_multiple or w % self.size_multiple:
             self.check_size(h, w, "the model input")
+        if self.scale == 1:  # a pruned student takes the input as it is
+            return x
         if self.label_nc == 0:
             return F.avg_pool2d(x, 2)
         one_hot = x[:, : self.label_nc]
@@ -263,7 +285,7 @@ def student_from_teacher(
         raise UserError(f"a spatial student is made from a ResNet or pix2pixHD global teacher, not {arch!r}.")
     n_down = int(cfg.get("n_downsampling", 2))
     first = teacher.model[1]
-    if body == "resnet":
+    if body in ("resnet", "pruned"):
         blocks = int(cfg["n_blocks"])
     else:
         blocks = DEFAULT_INVERTED_BLOCKS if blocks is None else int(blocks)
@@ -274,6 +296,10 @@ def student_from_teacher(
         label_nc=teacher.label_nc, use_instance=bool(getattr(teacher, "use_instance", False)), body=body,
         width=width, expansion=expansion, activation=activation, teacher_arch=arch,
     )  # fmt: skip
+    if body == "pruned":
+        prune_from(teacher, student)
+        p = next(teacher.parameters(), None)
+        return student.to(p.device if p is not None else "cpu").train(teacher.training)
     parts = [("head", student.head, teacher.head), ("tail", student.tail, teacher.tail)]
     if body == "resnet":
         parts.append(("body", student.body, teacher.body))
@@ -290,6 +316,45 @@ def student_from_teacher(
                                 f"({str(exc).strip().splitlines()[0]}).") from None  # fmt: skip
     p = next(teacher.parameters(), None)
     return student.to(p.device if p is not None else "cpu").train(teacher.training)
+
+
+@torch.no_grad()
+def prune_from(teacher: SplitGenerator, student: SpatialStudent) -> None:
+    """Copy ``teacher``'s strongest channels into the narrower ``student`` of the same layer list.
+
+    Walking the flat ``model`` in order: each convolution keeps the input channels the previous
+    one kept and the output channels of largest L1 weight norm (a transposed convolution's
+    weight is ``in x out``); every residual block reads and writes the stream channels chosen by
+    the last downsampling conv, its inner conv chooses its own. The final conv keeps all outputs.
+    """
+    kept = torch.arange(teacher.input_nc)
+    for ours, theirs in zip(student.model, teacher.model):
+        if isinstance(theirs, nn.Conv2d | nn.ConvTranspose2d) and not hasattr(theirs, "conv_block"):
+            kept = _copy_strongest(theirs, ours, kept)
+        elif hasattr(theirs, "conv_block"):  # a residual block: the stream keeps its channels
+            inner = _copy_strongest(theirs.conv_block[_conv_index(theirs, 0)], ours.conv_block[_conv_index(ours, 0)], kept)
+            _copy_strongest(theirs.conv_block[_conv_index(theirs, 1)], ours.conv_block[_conv_index(ours, 1)], inner,
+                            keep_out=kept)  # fmt: skip
+
+
+def _conv_index(block: nn.Module, which: int) -> int:
+    return [i for i, m in enumerate(block.conv_block) if isinstance(m, nn.Conv2d)][which]
+
+
+def _copy_strongest(theirs: nn.Module, ours: nn.Module, kept_in: torch.Tensor,
+                    keep_out: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Copy the ``kept_in`` x strongest-outputs slice of ``theirs`` into ``ours``; the outputs kept."""
+    transposed = isinstance(theirs, nn.ConvTranspose2d)
+    w = theirs.weight.transpose(0, 1) if transposed else theirs.weight  # (out, in, k, k)
+    w = w[:, kept_in]
+    n_out = ours.weight.shape[1] if transposed else ours.weight.shape[0]
+    if keep_out is None:
+        keep_out = torch.sort(torch.topk(w.abs().flatten(1).sum(1), n_out).indices).values
+    w = w[keep_out]
+    ours.weight.copy_(w.transpose(0, 1) if transposed else w)
+    if theirs.bias is not None:
+        ours.bias.copy_(theirs.bias[keep_out])
+    return keep_out
 
 
 def feature_mapping(student_channels: int, teacher_channels: int) -> nn.Conv2d:

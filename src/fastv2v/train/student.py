@@ -17,7 +17,9 @@ on the full-resolution frame gives the targets: its output ``O_t`` and its body 
 * **feature L1** (x5) between the student's body output through a 1x1 mapping conv
   (:func:`~fastv2v.generators.student.feature_mapping`, trained with the student, dropped at
   export) and the teacher's body output, both C channels at H/2;
-* **LSGAN** (x1) with a spectral-norm PatchGAN whose real samples are teacher outputs;
+* **LSGAN** (x1) with a spectral-norm PatchGAN whose real samples are teacher outputs
+  (``lambda_gan`` 0: no discriminator runs at all, a third of the step time of a pruned
+  student, for a student judged by its fidelity to the teacher);
 * **perceptual** VGG-19 loss (x10), only with a local weights file (``vgg_weights``);
 * optional **part-time (temporal) distillation** (``temporal=True``, Fast-Vid2Vid's temporal
   KD, adapted to a per-frame student): pairs ``(k, k + d)`` with ``d`` up to ``max_gap`` (a
@@ -141,6 +143,8 @@ class StudentTrainingConfig(DistillationConfig):
                 raise UserError(f"{name} must be at least 1, not {getattr(self, name)}.")
         if self.blocks is not None and self.blocks < 0:
             raise UserError(f"blocks must be 0 or more, not {self.blocks}.")
+        if not self.lambda_gan >= 0:
+            raise UserError(f"the GAN weight must be 0 (no discriminator) or positive, not {self.lambda_gan}.")
         if self.motion_weight < 0:
             raise UserError(f"motion_weight must be 0 (plain L1) or positive, not {self.motion_weight}.")
         if self.flow_preset not in DIS_PRESETS:
@@ -164,6 +168,8 @@ def make_student(config: StudentTrainingConfig, teacher: SplitGenerator) -> Spat
     kwargs = {"body": config.body, "expansion": config.expansion, "activation": config.activation}
     if config.body == "inverted":
         kwargs.update(width=config.width, blocks=config.blocks)
+    elif config.body == "pruned":
+        kwargs.update(width=config.width)
     try:
         student = student_from_teacher(teacher, **kwargs)
     except ValueError as exc:
@@ -285,6 +291,7 @@ def distill_step(
     x = batch["input"].to(device=device, dtype=torch.float32)
     n = x.shape[0]
     label_nc = teacher.label_nc
+    adversarial = config.lambda_gan > 0  # 0: fidelity only, the discriminator never runs
     if config.temporal:  # part-time: the student on both frames of the (subsampled) pair
         inputs = torch.cat([ref, x])
         weight = motion_weights(inputs, torch.cat([x, ref]), label_nc, config.motion_weight, config.flow_preset)
@@ -296,16 +303,15 @@ def distill_step(
         y_hat, f_hat = g(inputs)
         gan = GANLoss("lsgan")
 
-        d.requires_grad_(False)
-        try:
-            losses = {
-                "out": (weight * (y_hat - t["y"]).abs()).mean(),
-                "feat": F.l1_loss(f_hat, t["f"]),
-                "gan": gan(d(y_hat)[-1], True, for_discriminator=False),
-            }
-        finally:
-            d.requires_grad_(True)
-        loss = config.lambda_out * losses["out"] + config.lambda_feat * losses["feat"] + config.lambda_gan * losses["gan"]
+        losses = {"out": (weight * (y_hat - t["y"]).abs()).mean(), "feat": F.l1_loss(f_hat, t["f"])}
+        loss = config.lambda_out * losses["out"] + config.lambda_feat * losses["feat"]
+        if adversarial:
+            d.requires_grad_(False)
+            try:
+                losses["gan"] = gan(d(y_hat)[-1], True, for_discriminator=False)
+            finally:
+                d.requires_grad_(True)
+            loss = loss + config.lambda_gan * losses["gan"]
         if "vgg" in models:
             losses["vgg"] = models["vgg"](y_hat, t["y"])
             loss = loss + config.lambda_vgg * losses["vgg"]
@@ -320,6 +326,8 @@ def distill_step(
     optimizers["G"].zero_grad(set_to_none=True)
     loss.backward()
     optimizers["G"].step()
+    if not adversarial:
+        return {k: float(v.detach()) for k, v in losses.items()}
 
     with training_autocast(device, config.precision):
         losses["D_real"] = gan(d(t["y"])[-1], True)
