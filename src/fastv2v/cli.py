@@ -68,6 +68,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     pipeline = Pipeline.from_file(
         args.model, args.method, arch=args.arch, label_nc=args.label_nc, teacher=args.teacher, interval=args.interval,
         max_interval=args.max_interval, keyframes=args.keyframes, threshold=args.threshold, kernels=args.kernels,
+        start=args.start,
     )  # fmt: skip
     if args.input_list is not None:
         return _translate_many(args, pipeline)
@@ -488,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default=None, metavar="DIR", help="with --input-list: the output folder")
     _add_model_options(p)
     _add_runtime_options(p)
-    p.add_argument("--method", default=None, help="teacher (every frame; the default for a generator), shortcut "
+    p.add_argument("--method", default=None, help="teacher (every frame; the default for a generator, the only "
+                   "method for a vid2vid model), shortcut "
                    "(the default for a Shortcut-V2V model file), fast (student key frames + interpolation; the "
                    "default for a student model file) or spatial (the student on every frame), sparse (recompute "
                    "only changed tiles), interp/minterpolate, repeat or reuse (naive baselines)")  # fmt: skip
@@ -504,6 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keyframes", default=None, metavar="SPEC", help="interp/minterpolate/fast (interpolate between "
                    "key-frame outputs; adds up to one key gap of latency): fixed:N (default fixed:--interval, 4), "
                    "peaks (key frames at peaks of input change, Fast-Vid2Vid; peaks:window=5,min=2,max=12) or auto")  # fmt: skip
+    p.add_argument("--start", default=None, metavar="SPEC", help="vid2vid models: how the sequence starts: zeros "
+                   "(default; the first frame repeated before the video, previous outputs zeros), video:PATH (the "
+                   "first tG-1 frames of this real video or folder are the first outputs) or model:PATH (a per-frame "
+                   "generator makes the first tG-1 outputs)")  # fmt: skip
     _add_kernels_option(p)
     p.set_defaults(func=cmd_translate)
 

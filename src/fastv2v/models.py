@@ -29,7 +29,8 @@ def model_kind(path: str | os.PathLike) -> str:
 
 
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu", arch: str | None = None, **config: Any):
-    """The model in ``path``, in eval mode: a :class:`~fastv2v.generators.SplitGenerator`, or a
+    """The model in ``path``, in eval mode: a :class:`~fastv2v.generators.SplitGenerator` (or a
+    sequential :class:`~fastv2v.generators.Vid2VidGenerator`, ``label_nc`` given for label maps), or a
     :class:`~fastv2v.methods.shortcut.model_file.ShortcutModel` whose ``.block`` is the Shortcut
     block (``block(a_t=..., a_ref=..., f_ref=...)`` returns the predicted body features first)
     and ``.teacher`` the generator, or a :class:`~fastv2v.methods.student_model.StudentModel`

@@ -28,7 +28,8 @@ from fastv2v.generators.base import SplitGenerator
 
 #: Command-line spelling of each setting, for messages.
 _OPTION = {"interval": "--interval", "max_interval": "--max-interval", "keyframes": "--keyframes",
-           "threshold": "--threshold", "reuse_below": "--reuse-below", "kernels": "--kernels"}  # fmt: skip
+           "threshold": "--threshold", "reuse_below": "--reuse-below", "kernels": "--kernels",
+           "start": "--start"}  # fmt: skip
 
 
 def registry() -> dict[str, type]:
@@ -60,6 +61,20 @@ def needs_trained_part(name: str) -> bool:
     return getattr(method_class(name), "model_kind", None) is not None
 
 
+def is_sequential(model: Any) -> bool:
+    """Whether a loaded model is a sequential teacher (vid2vid): each output depends on its own
+    previous outputs, so only the methods of :data:`fastv2v.methods.vid2vid.SEQUENTIAL` run it."""
+    from fastv2v.generators.vid2vid import Vid2VidGenerator
+
+    return isinstance(model, Vid2VidGenerator)
+
+
+def generator_of(model: Any) -> Any:
+    """The teacher generator of a loaded model: the model itself (a per-frame or sequential
+    generator), or the ``.teacher`` of a bundle."""
+    return model if isinstance(model, SplitGenerator) or is_sequential(model) else model.teacher
+
+
 def uses_interval(name: str) -> bool:
     """Whether the method has a key-frame interval to sweep (the teacher and ``spatial`` do not)."""
     return bool(getattr(method_class(name), "uses_interval", True))
@@ -74,7 +89,7 @@ class Pipeline:
     short name for reports; ``path``: the file (None: built from a model in memory).
     """
 
-    teacher: SplitGenerator
+    teacher: Any  # a SplitGenerator, or a sequential Vid2VidGenerator
     method: Any
     kind: str = "generator"
     label: str = "model"
@@ -131,7 +146,7 @@ class Pipeline:
         model = load_model(path, device=device, arch=arch, **config)
         if teacher is not None:
             _check_teacher(model, teacher, path)
-        stored = _stored_method(path) if isinstance(model, SplitGenerator) else None
+        stored = _stored_method(path) if generator_of(model) is model else None
         return cls.from_model(model, method, label=path.name, path=path, stored=stored, **overrides)
 
     @classmethod
@@ -139,15 +154,19 @@ class Pipeline:
         cls, model: Any, method: str | None = None, *, label: str | None = None, path: Path | None = None,
         stored: dict | None = None, **overrides: Any,
     ) -> "Pipeline":
-        """The pipeline for a loaded model: a :class:`SplitGenerator` or a bundle (its
+        """The pipeline for a loaded model: a :class:`SplitGenerator`, a sequential vid2vid
+        generator (``teacher`` only: :mod:`fastv2v.methods.vid2vid`) or a bundle (its
         ``.teacher`` plus a trained part and stored ``.method`` settings). ``stored``: the method
         settings a plain generator file carries (what ``fastv2v tune`` chose for it)."""
-        plain = isinstance(model, SplitGenerator)
-        generator, kind = (model, "generator") if plain else (model.teacher, model.kind)
+        generator = generator_of(model)
+        plain = generator is model
+        kind = "generator" if plain else model.kind
         stored = dict((stored if plain else model.method) or {})
         own = stored.pop("name", None)
         name = method or own or "teacher"
         cls_ = method_class(name)
+        if is_sequential(generator):
+            cls_ = _sequential_class(name, label or _label(generator))
         needs = getattr(cls_, "model_kind", None)
         if needs is not None and needs != kind:
             what = f"a {kind} model file" if kind != "generator" else "a plain generator"
@@ -156,6 +175,8 @@ class Pipeline:
         accepted = tuple(getattr(cls_, "SETTINGS", ()))
         given = {k: v for k, v in overrides.items() if v is not None}
         refused = [k for k in given if k not in accepted]
+        if refused == ["start"]:
+            raise UserError(f"--start applies to vid2vid (sequential) models only; {label or 'the model'} is not one.")
         if refused:
             takes = ", ".join(_OPTION.get(k, k) for k in accepted)
             takes = f"it takes {takes} only" if takes else "it takes no settings"
@@ -195,6 +216,16 @@ class Pipeline:
         Shortcut block sized by ``hidden``, a student initialised from the teacher): for cost
         profiles, which do not depend on the weights; its outputs mean nothing."""
         return cls(generator.eval(), method_class(method)(generator, **kwargs), label=_label(generator))
+
+
+def _sequential_class(name: str, label: str) -> type:
+    """The class running ``name`` on a sequential teacher, or one sentence saying which do."""
+    from fastv2v.methods.vid2vid import SEQUENTIAL
+
+    if name not in SEQUENTIAL:
+        raise UserError(f"--method {name} needs a per-frame generator, and {label} is a vid2vid generator (each "
+                        f"frame depends on its previous outputs); use --method {' or '.join(SEQUENTIAL)} for now.")  # fmt: skip
+    return SEQUENTIAL[name]
 
 
 def _stored_method(path: Path) -> dict | None:

@@ -107,8 +107,8 @@ def drive(
     :class:`Output` in frame order as soon as it is ready. ``pipeline`` may also be a bare
     method (its ``.teacher`` encodes and decodes).
 
-    ``batch`` frames go into one call when the method is ``batchable`` (the teacher, the
-    spatial student), else one. The method's per-video state lives here, passed explicitly.
+    ``batch`` frames go into one call when the method is ``batchable`` (the teacher of a
+    per-frame generator, the spatial student), else one (a sequential vid2vid teacher). The method's per-video state lives here, passed explicitly.
     """
     if batch < 1:
         raise UserError(f"--batch must be at least 1, not {batch}.")

@@ -169,6 +169,7 @@ class Vid2VidGenerator(nn.Module):
             self.model_final_w = _head(ngf, 1, nn.Sigmoid())
 
     check_size = SplitGenerator.check_size
+    input_kind = SplitGenerator.input_kind  # "labels" or "image", as the engine asks every teacher
     decode_output = staticmethod(SplitGenerator.decode_output)
 
     def forward(

@@ -147,7 +147,10 @@ class OnlineMethod:
 
 
 class Teacher(OnlineMethod):
-    """Every frame is a key frame: the baseline every other method is measured against."""
+    """Every frame is a key frame: the baseline every other method is measured against.
+
+    Per-frame generators only; a vid2vid generator (sequential) runs as
+    :class:`fastv2v.methods.vid2vid.Vid2VidTeacher` under the same name, one frame per call."""
 
     name = "teacher"
     uses_interval = False
