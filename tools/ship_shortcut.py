@@ -48,6 +48,7 @@ def ship(doc: str, kind: str, load):
     parser.add_argument("--run", required=True, type=Path, help="distillation run folder")
     parser.add_argument("--command", required=True, help="the exact command(s) that trained it")
     parser.add_argument("--frames", type=int, default=40, help="frames per held-out clip (default 40)")
+    parser.add_argument("--hardware", default="2 CPU cores", help="what it trained on, for the card")
     args = parser.parse_args()
     torch.set_num_threads(1)
 

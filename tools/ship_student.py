@@ -50,19 +50,25 @@ def main() -> None:
             rows.append(row)
     x = torch.zeros(1, teacher.input_nc, *size)
     full, student = profile(teacher, x), profile(model.student, x)
+    pruned = model.student.config.get("body") == "pruned"
+    kind_text = ("channel-pruned student (GAN Compression's way: the teacher's layers at "
+                 f"{model.student.config['width']} base channels, started from its strongest channels)" if pruned
+                 else "Fast-Vid2Vid spatial student")  # fmt: skip
+    input_text = "full-size input" if pruned else "input halved inside `forward`"
     params = count_parameters(model.student)
 
     lines = [
         f"# Model card: `{target.name}`",
         "",
-        f"- **What:** a Fast-Vid2Vid spatial student distilled from the shipped `{args.task}_teacher.safetensors` (the "
+        f"- **What:** a {kind_text} distilled from the shipped `{args.task}_teacher.safetensors` (the "
         "file carries that teacher too: `fastv2v translate in.mp4 out.mp4 --model` this file runs `fast`).",
         f"- **Student:** {model.student.config}, {params / 1e6:.3f} M parameters "
-        f"(teacher {count_parameters(teacher) / 1e6:.2f} M); input halved inside `forward`.",
+        f"(teacher {count_parameters(teacher) / 1e6:.2f} M); {input_text}.",
         f"- **Default interval of `fast`:** {model.interval}.",
         f"- **Training:** {model.info['training']['step']} steps of batch {config['batch']} at {size[0]}x{size[1]}, "
         f"lr {config['lr']} (linear decay over the last {config['decay_steps']}), motion-weighted output L1, feature "
-        "L1 through a 1x1 mapping, LSGAN, on 2 CPU cores"
+        f"L1 through a 1x1 mapping{', LSGAN' if config.get('lambda_gan', 1.0) > 0 else ' (no GAN term: --gan-weight 0)'}"
+        f", on {args.hardware}"
         + (f", warm-started from `{Path(config['init']).name}` (`--init`; see the command)." if config.get("init")
            else "."),
         f"- **Command:** `{args.command}`",
