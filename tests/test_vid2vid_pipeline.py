@@ -153,7 +153,7 @@ def test_interleaved_videos_do_not_mix(tmp_path):
     assert_videos_do_not_mix(zeros.method, a, b)
 
 
-@pytest.mark.parametrize("method", ["shortcut", "sparse", "spatial", "fast", "reuse", "repeat", "interp"])
+@pytest.mark.parametrize("method", ["shortcut", "sparse", "spatial", "fast", "reuse"])
 def test_per_frame_methods_refuse_a_vid2vid_model(method, tmp_path, capsys):
     model, folder = _vid2vid(tmp_path), _labels(tmp_path)
     code, _, err = run(["translate", folder, tmp_path / "o.mp4", "--model", model, "--label-nc", LABEL_NC,

@@ -155,7 +155,7 @@ class Pipeline:
         stored: dict | None = None, **overrides: Any,
     ) -> "Pipeline":
         """The pipeline for a loaded model: a :class:`SplitGenerator`, a sequential vid2vid
-        generator (``teacher`` only: :mod:`fastv2v.methods.vid2vid`) or a bundle (its
+        generator (the methods of :data:`fastv2v.methods.vid2vid.SEQUENTIAL`) or a bundle (its
         ``.teacher`` plus a trained part and stored ``.method`` settings). ``stored``: the method
         settings a plain generator file carries (what ``fastv2v tune`` chose for it)."""
         generator = generator_of(model)
@@ -223,8 +223,10 @@ def _sequential_class(name: str, label: str) -> type:
     from fastv2v.methods.vid2vid import SEQUENTIAL
 
     if name not in SEQUENTIAL:
+        *names, last = SEQUENTIAL
+        methods = f"{', '.join(names)} or {last}" if names else last
         raise UserError(f"--method {name} needs a per-frame generator, and {label} is a vid2vid generator (each "
-                        f"frame depends on its previous outputs); use --method {' or '.join(SEQUENTIAL)} for now.")  # fmt: skip
+                        f"frame depends on its previous outputs); use --method {methods} for now.")  # fmt: skip
     return SEQUENTIAL[name]
 
 

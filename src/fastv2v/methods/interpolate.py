@@ -101,6 +101,9 @@ class BufferedState:
     undecided: list[_Frame] = field(default_factory=list)  # waiting for the schedule
     pending: list[_Frame] = field(default_factory=list)  # non-key, waiting for the next key frame
     key: _Key | None = None  # the last key frame
+    #: a sequential teacher's own state, advanced at key frames only (the vid2vid variants of
+    #: :mod:`fastv2v.methods.vid2vid`); None for a per-frame teacher
+    teacher_state: Any = None
 
     @property
     def held(self) -> int:
@@ -212,7 +215,8 @@ class KeyframeInterpolation(OnlineMethod):
         frame = _Frame(state.index, x, self._picture)
         seen = frame.picture if getattr(self.keyframes, "reads", "picture") == "picture" else None
         decisions, sched = self.keyframes.push(seen, state.schedule)
-        s = BufferedState(state.index + 1, sched, state.undecided + [frame], list(state.pending), state.key)
+        s = BufferedState(state.index + 1, sched, state.undecided + [frame], list(state.pending), state.key,
+                          state.teacher_state)  # fmt: skip
         ready = self._apply(s, decisions)
         if s.held > self.max_buffer:  # a schedule without a bound of its own
             if not s.pending:
@@ -222,7 +226,8 @@ class KeyframeInterpolation(OnlineMethod):
 
     def flush(self, state: BufferedState) -> list[tuple[torch.Tensor, bool]]:
         """The outputs of every frame still held; the last frame of the clip becomes a key frame."""
-        s = BufferedState(state.index, state.schedule, list(state.undecided), list(state.pending), state.key)
+        s = BufferedState(state.index, state.schedule, list(state.undecided), list(state.pending), state.key,
+                          state.teacher_state)  # fmt: skip
         ready = self._apply(s, self.keyframes.flush(s.schedule))
         if s.undecided:  # a schedule that left frames undecided: they are not key frames
             s.pending += s.undecided
@@ -249,9 +254,15 @@ class KeyframeInterpolation(OnlineMethod):
         bit-identical (a subclass may put a cheaper model there, e.g. ``fast``'s student)."""
         return self.teacher(x)
 
+    def key_frame_output(self, s: BufferedState, frame: _Frame) -> tuple[torch.Tensor, bool]:
+        """A key frame's output and whether a generator made it: :meth:`key_output` of its input for
+        a per-frame teacher. A sequential teacher overrides this to advance ``s.teacher_state``
+        (:mod:`fastv2v.methods.vid2vid`)."""
+        return self.key_output(frame.x), True
+
     def _close(self, s: BufferedState, frame: _Frame) -> list[tuple[torch.Tensor, bool]]:
         """Run the key model on ``frame`` (a key frame), then interpolate the frames before it."""
-        y = self.key_output(frame.x)
+        y, made = self.key_frame_output(s, frame)
         key = _Key(frame.index, y, frame)
         out: list[tuple[torch.Tensor, bool]] = []
         if s.pending:
@@ -261,7 +272,7 @@ class KeyframeInterpolation(OnlineMethod):
             out = [(yi, False) for yi in self._timed(k0, key, s.pending, ts)]
         s.pending = []
         s.key = key
-        out.append((y, True))
+        out.append((y, made))
         return out
 
     def _timed(self, k0: _Key, k1: _Key, frames: list[_Frame], ts: list[float]) -> list[torch.Tensor]:

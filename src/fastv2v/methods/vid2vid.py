@@ -19,12 +19,22 @@ gets an output; how the sequence starts is the ``start`` setting (``--start``):
 
 With a seeded start, frames from ``tG-1`` on equal ``run_sequence(g, frames, previous=seeds)``.
 The per-video state (:class:`Vid2VidState`) is passed in and out, never kept on the module.
+
+The key-frame methods (``interp``, ``minterpolate``, ``repeat``) on such a teacher are Fast-Vid2Vid's
+"part-time" teacher: **the sequential teacher runs on the key-frame subsequence only**. At a key
+frame its window holds the last ``tG-1`` *key* frames' inputs and its previous outputs are the
+last ``tG-1`` *key* outputs (the frames in between never enter it: their outputs need the next
+key output, so they cannot come before it). A zeros start repeats the first key frame (frame 0)
+before the video; a seeded start makes frames ``0 .. tG-2`` key frames whose outputs are the seeds.
+So the key outputs equal ``run_sequence(g, [k0] * (tG-1) + key_frames)`` (zeros), and with every
+frame a key frame (interval 1) each method equals ``teacher`` exactly. The teacher's state
+advances at key frames only and is part of the method's per-video state.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +43,9 @@ import torch
 
 from fastv2v.errors import UserError
 from fastv2v.generators.vid2vid import Vid2VidGenerator, step
+from fastv2v.methods.base import Repeat, whole_interval
+from fastv2v.methods.interpolate import BufferedState, Interp, MInterpolate, _Frame
+from fastv2v.methods.schedules import FixedKeys
 
 START_HELP = "zeros, video:PATH or model:PATH"
 
@@ -71,6 +84,11 @@ class Vid2VidTeacher:
 
     def init_state(self) -> Vid2VidState:
         return Vid2VidState()
+
+    @property
+    def seeded(self) -> int:
+        """How many first frames a seeded start gives the outputs of (``tG-1``; 0 for zeros)."""
+        return 0 if self.seed is None else self.teacher.n_frames_G - 1
 
     def push(self, x: torch.Tensor, state: Vid2VidState) -> tuple[list[tuple[torch.Tensor, bool]], Vid2VidState]:
         ready = []
@@ -154,5 +172,139 @@ def _single_generator(path: str, teacher: Vid2VidGenerator) -> torch.nn.Module:
     return g.eval()
 
 
+# ---------------------------------------------------------------------------------------------
+# key-frame methods: the sequential teacher on the key-frame subsequence (see the module notes)
+
+
+class SequentialKeyframes:
+    """Mixin that puts a sequential vid2vid teacher under a key-frame interpolation method
+    (:class:`~fastv2v.methods.interpolate.KeyframeInterpolation`): each key frame is the next
+    call of :class:`Vid2VidTeacher` over the key frames alone, its state (window of the last
+    ``tG-1`` key inputs, the last ``tG-1`` key outputs) kept in ``BufferedState.teacher_state``;
+    the frames between key frames are interpolated from the key outputs as on a per-frame
+    teacher. With a seeded ``start`` frames ``0 .. tG-2`` are key frames (their outputs are the
+    seeds, ``key`` False for ``video:``)."""
+
+    SETTINGS = ("interval", "keyframes", "start")
+
+    def __init__(self, teacher: Vid2VidGenerator, interval: int = 4, keyframes: Any = None, *,
+                 start: str = "zeros", seed: Any = None, **options: Any):  # fmt: skip
+        super().__init__(teacher, interval, keyframes, **options)
+        self.start, self.seed = start, seed  # seed here too, so Pipeline.to moves a seed model
+        self.sequence = Vid2VidTeacher(teacher, start, seed)
+
+    @classmethod
+    def from_model(cls, model: Vid2VidGenerator, *, interval: int | None = None, keyframes: Any = None,
+                   start: str | None = None):  # fmt: skip
+        start = "zeros" if start is None else start
+        interval = whole_interval(interval, cls.DEFAULT_INTERVAL)
+        return cls(model, interval, keyframes, start=start, seed=_load_seed(start, model))
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "start": self.start}
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "start": self.start}
+
+    def init_state(self) -> BufferedState:
+        state = super().init_state()
+        state.teacher_state = self.sequence.init_state()
+        return state
+
+    def _apply(self, s: BufferedState, decisions: list[bool]) -> list[tuple[torch.Tensor, bool]]:
+        n = self.sequence.seeded  # a seeded start: its frames are key frames, whatever the schedule says
+        if n:
+            decisions = [k or f.index < n for k, f in zip(decisions, s.undecided)] + decisions[len(s.undecided) :]
+        return super()._apply(s, decisions)
+
+    def key_frame_output(self, s: BufferedState, frame: _Frame) -> tuple[torch.Tensor, bool]:
+        y, made, s.teacher_state = self.sequence._next(frame.x, s.teacher_state)
+        return y, made
+
+    def bench_notes(self) -> dict[str, str]:
+        return {**super().bench_notes(), "sequential": (
+            f"sequential vid2vid teacher on the key frames only (its window and previous outputs are "
+            f"the previous key frames'), started with {self.start}")}  # fmt: skip
+
+
+class Vid2VidInterp(SequentialKeyframes, Interp):
+    """``interp`` on a vid2vid teacher: the teacher on the key-frame subsequence (its window the
+    last ``tG-1`` key inputs, its previous outputs the last ``tG-1`` key outputs), optical-flow
+    interpolation between key outputs as :class:`~fastv2v.methods.interpolate.Interp`. At
+    interval 1 it equals the ``teacher`` method exactly."""
+
+
+class Vid2VidMInterpolate(SequentialKeyframes, MInterpolate):
+    """``minterpolate`` on a vid2vid teacher: the teacher on the key-frame subsequence (as
+    :class:`Vid2VidInterp`), FFmpeg ``minterpolate`` between key outputs."""
+
+
+@dataclass
+class RepeatState:
+    """Per video of :class:`Vid2VidRepeat`: the schedule's state, the teacher's (advanced at key
+    frames only), the last key output and the frames seen."""
+
+    schedule: Any = None
+    teacher: Vid2VidState = field(default_factory=Vid2VidState)
+    last: torch.Tensor | None = None
+    index: int = 0
+
+
+class Vid2VidRepeat:
+    """``repeat`` on a vid2vid teacher: key frames (frame 0 and every ``interval``-th, plus frames
+    ``0 .. tG-2`` of a seeded start) run the teacher on the key-frame subsequence (its window the
+    last ``tG-1`` key inputs, its previous outputs the last ``tG-1`` key outputs); the frames
+    between repeat the last key output. Online (no latency); at interval 1 it equals ``teacher``."""
+
+    name = "repeat"
+    uses_interval = True
+    model_kind = None
+    batchable = False
+    latency = 0
+    SETTINGS = ("interval", "start")
+    DEFAULT_INTERVAL = Repeat.DEFAULT_INTERVAL
+
+    def __init__(self, teacher: Vid2VidGenerator, interval: int = DEFAULT_INTERVAL, start: str = "zeros",
+                 seed: Any = None):  # fmt: skip
+        self.teacher, self.start, self.seed = teacher, start, seed
+        self.schedule = FixedKeys(whole_interval(interval, 1))
+        self.sequence = Vid2VidTeacher(teacher, start, seed)
+
+    @classmethod
+    def from_model(cls, model: Vid2VidGenerator, *, interval: int | None = None,
+                   start: str | None = None) -> "Vid2VidRepeat":  # fmt: skip
+        start = "zeros" if start is None else start
+        return cls(model, whole_interval(interval, cls.DEFAULT_INTERVAL), start, _load_seed(start, model))
+
+    @property
+    def interval(self) -> int:
+        return self.schedule.interval
+
+    def settings(self) -> dict[str, Any]:
+        return {"interval": self.interval, "start": self.start}
+
+    def init_state(self) -> RepeatState:
+        return RepeatState(self.schedule.init_state())
+
+    def push(self, x: torch.Tensor, state: RepeatState) -> tuple[list[tuple[torch.Tensor, bool]], RepeatState]:
+        ready = []
+        for frame in x.split(1):
+            (key,), schedule = self.schedule.push(None, state.schedule)
+            if key or state.index < self.sequence.seeded:
+                y, made, teacher = self.sequence._next(frame, state.teacher)
+                state = RepeatState(schedule, teacher, y, state.index + 1)
+            else:
+                y, made = state.last, False
+                state = RepeatState(schedule, state.teacher, state.last, state.index + 1)
+            ready.append((y, made))
+        return ready, state
+
+    def flush(self, state: RepeatState) -> list:
+        return []
+
+    def bench_notes(self) -> dict[str, str]:
+        return {"sequential": f"sequential vid2vid teacher on the key frames only, started with {self.start}"}
+
+
 #: The methods that run a sequential (vid2vid) teacher, by name.
-SEQUENTIAL: dict[str, type] = {Vid2VidTeacher.name: Vid2VidTeacher}
+SEQUENTIAL: dict[str, type] = {m.name: m for m in (Vid2VidTeacher, Vid2VidInterp, Vid2VidMInterpolate, Vid2VidRepeat)}
