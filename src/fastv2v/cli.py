@@ -7,6 +7,7 @@ line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -462,6 +463,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from fastv2v.export import export_onnx
+
+    manifest = export_onnx(args.model, args.out, size=args.size, opset=args.opset)
+    for name in json.loads(manifest.read_text())["graphs"].values():
+        print(f"wrote {manifest.parent / name['file']}")
+    print(f"wrote {manifest}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fastv2v import __version__
 
@@ -668,6 +679,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_kernels_option(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("export", help="ONNX graphs of what a model file's pipeline runs per frame, plus "
+                       "manifest.json tying them to its schedule (needs pip install \"fastv2v[onnx]\")")  # fmt: skip
+    p.add_argument("--model", required=True, help="a fastv2v model file (generator, shortcut or student)")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="graph format (default onnx)")
+    p.add_argument("--out", required=True, help="folder for the .onnx graphs and manifest.json")
+    p.add_argument("--size", type=_size, default=None, metavar="HxW",
+                   help="frame size to trace at (default 64x64 or the nearest the model takes); H and W stay dynamic")  # fmt: skip
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; the Shortcut block needs >= 16)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
