@@ -234,6 +234,35 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_vid2vid(args: argparse.Namespace) -> int:
+    import torch
+
+    from fastv2v.distributed import is_main_process
+    from fastv2v.train.vid2vid import SceneWindows, Vid2VidTrainingConfig, train_vid2vid
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    h, w = args.size
+    config = Vid2VidTrainingConfig(
+        out_dir=args.out, task=args.task, ngf=args.ngf, frames_g=args.frames_g, n_downsample=args.n_downsample,
+        n_blocks=args.n_blocks, norm=args.norm, size=(h, w), batch=args.batch, steps=args.steps,
+        decay_steps=args.decay_steps, lr=args.lr, recurrent=args.recurrent, vgg_weights=args.vgg_weights,
+        flow_preset=args.flow_preset, ndf=args.ndf, checkpoint_every=args.checkpoint_every,
+        sample_every=args.sample_every, seed=args.seed, resume=args.resume, device=args.device,
+        num_workers=args.workers, precision=args.precision, force=args.force,
+    )  # fmt: skip
+    config.validate()  # before the data: a bad setting costs no rendering
+    windows = dict(frames=config.window, frames_g=config.frames_g, height=h, width=w, flow_preset=config.flow_preset)
+    data = SceneWindows("train", clips=args.clips, **windows)
+    heldout = SceneWindows("heldout", clips=4, **windows)
+    samples = [heldout[i * max(1, len(heldout) // 4)] for i in range(4)]
+    export = train_vid2vid(config, data, sample_batch=samples, progress=not args.quiet, max_steps=args.max_steps)
+    if is_main_process():  # under torchrun only rank 0 reports
+        print(f"wrote {export} (checkpoint, samples and log in {args.out}); run it with: fastv2v translate LABELS OUT "
+              f"--model {export}")  # fmt: skip
+    return 0
+
+
 def _distillation_teacher(args: argparse.Namespace):
     """The teacher a distiller starts from (``--teacher`` or the task's shipped one); also
     applies ``--threads``."""
@@ -356,9 +385,16 @@ def _add_distillation_options(p: argparse.ArgumentParser, export: str) -> None:
                    "without --task: your own RGB footage (videos, folders of videos or frames, .txt lists), "
                    "the last 10 %% of every clip held out")  # fmt: skip
     p.add_argument("--clips", type=int, default=64, help="scenes: synthetic training clips (default 64)")
+    _add_run_options(p, export, steps=2000)
+
+
+def _add_run_options(p: argparse.ArgumentParser, export: str, *, steps: int, batch: int = 4) -> None:
+    """The run options every training command shares (``fastv2v train ...`` and ``fastv2v distill ...``):
+    size, schedule, loss extras, checkpointing, device and the run folder that ends with ``export``."""
     p.add_argument("--size", type=_size, default=(128, 256), metavar="HxW", help="training size (default 128x256)")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--steps", type=int, default=2000, help="total steps of the run (default 2000)")
+    p.add_argument("--batch", type=int, default=batch, help="global batch: under torchrun each of N processes takes "
+                   f"batch/N (default {batch})")  # fmt: skip
+    p.add_argument("--steps", type=int, default=steps, help=f"total steps of the run (default {steps})")
     p.add_argument("--max-steps", type=int, default=None, help="stop this call after that many steps (resume later)")
     p.add_argument("--decay-steps", type=int, default=0, help="linear lr decay to 0 over the last N steps")
     p.add_argument("--lr", type=float, default=2e-4)
@@ -368,7 +404,7 @@ def _add_distillation_options(p: argparse.ArgumentParser, export: str) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun each process takes cuda:LOCAL_RANK)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="bf16: forward passes and losses under bfloat16 autocast (fp16 is refused: no loss scaling)")  # fmt: skip
     p.add_argument("--out", required=True, help=f"run folder: checkpoint.pt, samples/, log.jsonl, {export}")
@@ -540,7 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_prepare_edges)
 
-    train = sub.add_parser("train", help="train models (teacher)").add_subparsers(dest="what", required=True)
+    train = sub.add_parser("train", help="train teachers (per-frame, vid2vid)").add_subparsers(
+        dest="what", required=True
+    )
     p = train.add_parser("teacher", help="train a pix2pix/pix2pixHD-style teacher on a task")
     p.add_argument("--task", required=True, choices=["scenes", "edges"], help="scenes: label maps -> street "
                    "scenes (synthetic); edges: edge maps -> real frames")  # fmt: skip
@@ -551,31 +589,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ngf", type=int, default=32, help="generator base width (default 32)")
     p.add_argument("--ndf", type=int, default=32, help="discriminator base width (default 32)")
     p.add_argument("--num-d", type=int, default=2, help="discriminator scales (default 2)")
-    p.add_argument("--size", type=_size, default=(128, 256), metavar="HxW", help="training size (default 128x256)")
-    p.add_argument("--batch", type=int, default=4, help="global batch: under torchrun each of N processes takes "
-                   "batch/N (default 4)")  # fmt: skip
-    p.add_argument("--steps", type=int, default=4000, help="total steps of the run (default 4000)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop this call after that many steps (resume later)")
-    p.add_argument("--decay-steps", type=int, default=0, help="linear lr decay to 0 over the last N steps")
-    p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--lambda-l1", type=float, default=10.0)
     p.add_argument("--lambda-feat", type=float, default=10.0)
-    p.add_argument("--vgg-weights", default=None, help="local torchvision VGG19 weights for a perceptual loss")
     p.add_argument("--diffaugment", default="", help='DiffAugment policy, e.g. "color,translation,cutout"')
-    p.add_argument("--checkpoint-every", type=int, default=200)
-    p.add_argument("--sample-every", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun each process takes cuda:LOCAL_RANK)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="bf16: forward passes and losses under bfloat16 autocast (fp16 is refused: no loss scaling)")  # fmt: skip
-    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, samples/, log.jsonl, generator.safetensors")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--force", action="store_true", help="with --resume: continue even if settings differ from the run's "
-                   "(the run then no longer continues exactly; --steps may change without it while --decay-steps is 0)")  # fmt: skip
-    p.add_argument("--quiet", action="store_true")
+    _add_run_options(p, "generator.safetensors", steps=4000)
     p.set_defaults(func=cmd_train_teacher)
+
+    p = train.add_parser("vid2vid", help="train a vid2vid (sequential, flow-warping) teacher on a task's frame "
+                         "windows; writes vid2vid.safetensors for translate")  # fmt: skip
+    p.add_argument("--task", required=True, choices=["scenes"], help="scenes: label maps -> street scenes (synthetic)")
+    p.add_argument("--clips", type=int, default=64, help="scenes: synthetic training clips (default 64)")
+    p.add_argument("--ngf", type=int, default=16, help="generator base width (default 16)")
+    p.add_argument("--frames-g", type=int, default=3, help="tG: label frames per generator call, tG-1 previous "
+                   "frames (default 3)")  # fmt: skip
+    p.add_argument("--n-downsample", type=int, default=2, help="generator down-samplings (default 2)")
+    p.add_argument("--n-blocks", type=int, default=4, help="generator residual blocks (default 4)")
+    p.add_argument("--norm", default="instance", choices=["instance", "batch"], help="norm layers (default "
+                   "instance: per-frame statistics in training at any batch size, as at inference)")  # fmt: skip
+    p.add_argument("--ndf", type=int, default=32, help="discriminator base width (default 32)")
+    p.add_argument("--recurrent", action="store_true", help="also generate the next frame from the generated one "
+                   "(feedback as at inference; about twice the step time)")  # fmt: skip
+    p.add_argument("--flow-preset", default="medium", choices=["ultrafast", "fast", "medium"],
+                   help="DIS preset of the flow targets (default medium)")  # fmt: skip
+    _add_run_options(p, "vid2vid.safetensors", steps=4000, batch=1)
+    p.set_defaults(func=cmd_train_vid2vid)
 
     distill = sub.add_parser("distill", help="distil a faster video model from a teacher").add_subparsers(
         dest="what", required=True
