@@ -32,6 +32,10 @@ def check_compatible(teacher: SplitGenerator, student: SpatialStudent, source: A
     """Refuse a student that cannot stand in for ``teacher`` (other input or output)."""
     mine = (student.input_nc, student.output_nc, student.label_nc, bool(student.use_instance))
     theirs = (teacher.input_nc, teacher.output_nc, teacher.label_nc, bool(getattr(teacher, "use_instance", False)))
+    ngf = student.config.get("ngf"), teacher.config.get("ngf")
+    if ngf[0] != ngf[1]:  # a student is always built with its teacher's ngf (a pruned one's weights do not show it)
+        raise UserError(f"{source} says it was made for a teacher of ngf {ngf[0]}, but the teacher has ngf {ngf[1]}; "
+                        "the student and the teacher do not belong together.")  # fmt: skip
     if mine != theirs:
         raise UserError(
             f"{source} takes {student.input_nc} input channels (label classes {student.label_nc}) and gives "
