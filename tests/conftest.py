@@ -12,6 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 
@@ -23,6 +24,17 @@ def synthetic_frame(index: int, size: tuple[int, int] = (32, 48)) -> np.ndarray:
     g = (y * 160 // max(h - 1, 1) + 3 * index) % 256
     b = np.full_like(x, (40 * index) % 256)
     return np.stack([r, g, b], axis=-1).astype(np.uint8)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks gain nothing from threads, and on shared cores OpenMP spin-waiting makes
+    them 10-30x slower: modules of tiny tensors run single-threaded (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``), restored afterwards for the other modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -24,12 +24,7 @@ SIZES = [(16, 16), (24, 32)]  # traced at the first; the second proves height an
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 def session(path):

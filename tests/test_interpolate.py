@@ -30,12 +30,7 @@ from fastv2v.methods.schedules import (
 from fastv2v.tasks import generator_config
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 class IdentityTeacher(SplitGenerator):

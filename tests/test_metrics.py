@@ -17,14 +17,7 @@ from fastv2v.metrics.temporal import TemporalMeter, tof, warping_error, warping_
 H, W = 64, 96
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny networks gain nothing from threads, and on shared cores OpenMP spin-waiting makes
-    them 10-30x slower; restored afterwards so other test modules are unaffected."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 def texture(h, w, seed=0, cell=4):

@@ -25,12 +25,7 @@ from conftest import run_online
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 def make_teacher(seed=0, ngf=8, n_blocks=2, **kw):

@@ -25,12 +25,7 @@ from fastv2v.train.vid2vid import SceneWindows, Vid2VidTrainingConfig, flow_conf
 H, W = 32, 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 def windows(frames=3, frames_g=3, split="train", clips=2):

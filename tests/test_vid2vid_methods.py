@@ -22,12 +22,7 @@ H, W, T, T_G = 32, 64, 8, 3
 METHODS = ["interp", "minterpolate", "repeat"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 @pytest.fixture
