@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from fastv2v.errors import UserError
+from fastv2v.generators import teacher_of
 from fastv2v.generators.base import SplitGenerator
 
 #: Command-line spelling of each setting, for messages.
@@ -67,12 +68,6 @@ def is_sequential(model: Any) -> bool:
     from fastv2v.generators.vid2vid import Vid2VidGenerator
 
     return isinstance(model, Vid2VidGenerator)
-
-
-def generator_of(model: Any) -> Any:
-    """The teacher generator of a loaded model: the model itself (a per-frame or sequential
-    generator), or the ``.teacher`` of a bundle."""
-    return model if isinstance(model, SplitGenerator) or is_sequential(model) else model.teacher
 
 
 def uses_interval(name: str) -> bool:
@@ -146,7 +141,7 @@ class Pipeline:
         model = load_model(path, device=device, arch=arch, **config)
         if teacher is not None:
             _check_teacher(model, teacher, path)
-        stored = _stored_method(path) if generator_of(model) is model else None
+        stored = _stored_method(path) if teacher_of(model) is model else None
         return cls.from_model(model, method, label=path.name, path=path, stored=stored, **overrides)
 
     @classmethod
@@ -158,7 +153,7 @@ class Pipeline:
         generator (the methods of :data:`fastv2v.methods.vid2vid.SEQUENTIAL`) or a bundle (its
         ``.teacher`` plus a trained part and stored ``.method`` settings). ``stored``: the method
         settings a plain generator file carries (what ``fastv2v tune`` chose for it)."""
-        generator = generator_of(model)
+        generator = teacher_of(model)
         plain = generator is model
         kind = "generator" if plain else model.kind
         stored = dict((stored if plain else model.method) or {})

@@ -173,11 +173,11 @@ def load_model(item: Any, device: torch.device) -> ModelEntry:
         generator = item.to(device).eval()
         return ModelEntry(label, None, "generator", generator, generator)
     from fastv2v.models import load_model as load
-    from fastv2v.pipeline import generator_of
+    from fastv2v.generators import teacher_of
 
     path = Path(item)
     model = load(path, device=device)
-    teacher = generator_of(model)
+    teacher = teacher_of(model)
     return ModelEntry(path.name, path, getattr(model, "kind", "generator"), model, teacher.eval())
 
 

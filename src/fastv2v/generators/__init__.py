@@ -6,6 +6,7 @@ from fastv2v.generators.loading import (
     infer_config,
     load_generator,
     save_generator,
+    teacher_of,
     upstream_state_dict,
 )
 from fastv2v.generators.resnet import GlobalGenerator, ResnetGenerator
@@ -21,5 +22,6 @@ __all__ = [
     "infer_vid2vid_config",
     "load_generator",
     "save_generator",
+    "teacher_of",
     "upstream_state_dict",
 ]

@@ -47,6 +47,12 @@ def build_generator(arch: str, /, **config: Any) -> SplitGenerator | Vid2VidGene
     raise UserError(f"unknown architecture {arch!r}; use resnet_6blocks, resnet_9blocks, global or vid2vid.")
 
 
+def teacher_of(model: Any) -> SplitGenerator | Vid2VidGenerator:
+    """The generator of a loaded model: the model itself (a per-frame or a sequential vid2vid
+    generator), or the teacher a model-file bundle carries."""
+    return model if isinstance(model, SplitGenerator | Vid2VidGenerator) else model.teacher
+
+
 def _known(cls, config: dict[str, Any]) -> dict[str, Any]:
     import inspect
 

@@ -35,15 +35,11 @@ from typing import Any, Callable
 import torch
 
 from fastv2v.errors import UserError
+from fastv2v.generators import teacher_of  # noqa: F401  (methods import it from here)
 from fastv2v.generators.base import SplitGenerator
 from fastv2v.methods.schedules import FixedKeys
 
 Ready = list[tuple[torch.Tensor, bool]]
-
-
-def teacher_of(model: Any) -> SplitGenerator:
-    """The generator of a loaded model: the model itself, or the teacher a bundle carries."""
-    return model if isinstance(model, SplitGenerator) else model.teacher
 
 
 def whole_interval(interval: Any, default: int) -> int:
