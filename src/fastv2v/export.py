@@ -32,6 +32,7 @@ from torch import nn
 
 from fastv2v.atomic import atomic_path, check_output_folder
 from fastv2v.errors import UserError
+from fastv2v.methods.schedules import drift_tensor
 
 FORMAT_VERSION = 1
 _RANGE = [-1.0, 1.0]
@@ -128,7 +129,7 @@ class ShortcutStep(nn.Module):
                 f_ref: torch.Tensor | None = None):  # fmt: skip
         t, blk = self.teacher, self.block
         a = t.head(x)
-        drift = (a - a_ref).abs().mean() / a_ref.abs().mean().clamp_min(1e-8)
+        drift = drift_tensor(a, a_ref)
         # coarse alignment at half resolution (bilinear x1/2 of even sides == 2x2 average)
         d = F.avg_pool2d(a, 2)
         g = F.conv2d(d, self.g_w1) + global_ref

@@ -367,7 +367,12 @@ UNIT_MOMENTUM = 0.97  # slow: the unit is the video's typical drift, not the las
 
 def drift_score(a, a_ref) -> float:
     """Relative L1 change of head features against the reference's."""
-    return float((a - a_ref).abs().mean() / a_ref.abs().mean().clamp_min(1e-8))
+    return float(drift_tensor(a, a_ref))
+
+
+def drift_tensor(a, a_ref):
+    """:func:`drift_score` as a 0-d tensor (traceable: the exported step graph computes it)."""
+    return (a - a_ref).abs().mean() / a_ref.abs().mean().clamp_min(1e-8)
 
 
 class AdaptiveInterval:
