@@ -76,8 +76,7 @@ class Vid2VidTeacher:
 
     @classmethod
     def from_model(cls, model: Vid2VidGenerator, *, start: str | None = None) -> "Vid2VidTeacher":
-        start = "zeros" if start is None else start
-        return cls(model, start, _load_seed(start, model))
+        return cls(model, *_start(start, model))
 
     def settings(self) -> dict[str, Any]:
         return {"start": self.start}
@@ -127,8 +126,14 @@ class Vid2VidTeacher:
         return {"keyframes": f"sequential vid2vid teacher, started with {self.start}: one frame per call"}
 
 
+def _start(start: str | None, teacher: Vid2VidGenerator) -> tuple[str, Any]:
+    """The ``start`` setting (None: ``zeros``) and what it seeds the loop with, loaded (and
+    checked) before any frame runs."""
+    start = "zeros" if start is None else start
+    return start, _load_seed(start, teacher)
+
+
 def _load_seed(start: str, teacher: Vid2VidGenerator) -> Any:
-    """What ``start`` seeds the loop with, loaded (and checked) before any frame runs."""
     kind, _, path = start.partition(":")
     if start == "zeros":
         return None
@@ -196,9 +201,8 @@ class SequentialKeyframes:
     @classmethod
     def from_model(cls, model: Vid2VidGenerator, *, interval: int | None = None, keyframes: Any = None,
                    start: str | None = None):  # fmt: skip
-        start = "zeros" if start is None else start
-        interval = whole_interval(interval, cls.DEFAULT_INTERVAL)
-        return cls(model, interval, keyframes, start=start, seed=_load_seed(start, model))
+        start, seed = _start(start, model)
+        return cls(model, whole_interval(interval, cls.DEFAULT_INTERVAL), keyframes, start=start, seed=seed)
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "start": self.start}
@@ -273,8 +277,7 @@ class Vid2VidRepeat:
     @classmethod
     def from_model(cls, model: Vid2VidGenerator, *, interval: int | None = None,
                    start: str | None = None) -> "Vid2VidRepeat":  # fmt: skip
-        start = "zeros" if start is None else start
-        return cls(model, whole_interval(interval, cls.DEFAULT_INTERVAL), start, _load_seed(start, model))
+        return cls(model, whole_interval(interval, cls.DEFAULT_INTERVAL), *_start(start, model))
 
     @property
     def interval(self) -> int:
