@@ -6,6 +6,8 @@ depend on the code they check.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,6 +16,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+# The command line's --dtype defaults to auto, which picks bf16 on CPUs that compute it natively
+# when it pays: the suite pins fp32 (also for the commands it runs as subprocesses) so outputs
+# compare exactly on every CPU model; tests of auto pass --dtype auto themselves.
+os.environ["FASTV2V_DTYPE"] = "fp32"
+# Graphs exported on the fly by --backend onnxruntime/openvino go to a cache of the test session.
+os.environ["FASTV2V_CACHE"] = tempfile.mkdtemp(prefix="fastv2v-test-cache-")
 
 
 def synthetic_frame(index: int, size: tuple[int, int] = (32, 48)) -> np.ndarray:

@@ -122,11 +122,11 @@ def table(rows: list[dict], ground_truth: bool) -> list[str]:
     head += ["warp err ×10⁻³", "tOF→GT" if ground_truth else "tOF→teacher", "peak MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        teacher = r["method"] == "teacher"
+        teacher = r["method"] == "teacher" and "psnr_vs_teacher" in r.get("notes", {})  # the reference itself
         psnr = "reference" if teacher else _pair(r["psnr_vs_teacher"], r["psnr_vs_teacher_nonkey"], 2)
         ssim = "reference" if teacher else _pair(r["ssim_vs_teacher"], r["ssim_vs_teacher_nonkey"], 4)
         cells = [
-            r["method"], str(r["interval"] if r["interval"] is not None else "—"), f"{r['keyframes']}/{r['frames']}",
+            _with_runtime(r["method"], r, rows), str(r["interval"] if r["interval"] is not None else "—"), f"{r['keyframes']}/{r['frames']}",
             f"{_g(_macs(r['macs_per_frame'], 'paper'))} / {_g(_macs(r['macs_per_frame'], 'exact'))}",
             _g(_macs(r["macs_nonkey"], "paper")), _f(r["params_m"], 3), _f(r["ms_per_frame"], 1),
             _f(r["speedup_vs_teacher"], 2) + "×", _f(r["e2e_fps"], 1),
@@ -188,7 +188,8 @@ def markdown(report: dict, *, title: str = "fastv2v benchmark", level: int = 1) 
         lines += ["", "Skipped:"]
         for s in report["skipped"]:
             at = "" if s["interval"] is None else f"@{s['interval']}"
-            lines.append(f"- {s['model']}: {s['method']}{at}: {s['reason']}")
+            on = f" [{s['runtime']}]" if len(report.get("runtimes") or []) > 1 and s.get("runtime") else ""
+            lines.append(f"- {s['model']}: {s['method']}{at}{on}: {s['reason']}")
     return "\n".join(lines) + "\n"
 
 
@@ -200,6 +201,12 @@ def _motion_text(report: dict) -> str:
 def _row_label(r: dict) -> str:
     """A result row as ``method@interval`` (``method`` alone when it has no interval)."""
     return r["method"] if r["interval"] is None else f"{r['method']}@{r['interval']}"
+
+
+def _with_runtime(text: str, r: dict, rows: list[dict]) -> str:
+    """``text [onnxruntime fp32]`` when the rows ran on more than one runtime."""
+    several = len({row.get("runtime") for row in rows}) > 1
+    return f"{text} [{r['runtime']}]" if several and r.get("runtime") else text
 
 
 def _uncounted_notes(report: dict) -> list[str]:

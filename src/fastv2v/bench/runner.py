@@ -122,6 +122,31 @@ def parse_intervals(text: str | Sequence[int]) -> list[int]:
     return list(dict.fromkeys(out))
 
 
+def parse_backends(text: str | Sequence[str]) -> list[tuple[str, str | None]]:
+    """``"torch,openvino:bf16"`` -> [("torch", None), ("openvino", "bf16")]: each backend, with
+    its own precision after a colon (default: the run's --dtype); torch first when present, so
+    the other backends' speed-ups and fidelity are against the torch teacher."""
+    from fastv2v.runtimes import BACKENDS, check_backend
+
+    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if str(t).strip()]
+    out: list[tuple[str, str | None]] = []
+    for item in items:
+        backend, _, dtype = item.partition(":")
+        if backend not in BACKENDS or dtype not in ("", "fp32", "bf16", "fp16"):
+            raise UserError(f"--backends takes {', '.join(BACKENDS)} (each optionally :fp32, :bf16 or :fp16) separated "
+                            f"by commas, not {item!r}.")  # fmt: skip
+        check_backend(backend)
+        out.append((backend, dtype or None))
+    if not out:
+        raise UserError("--backends is empty; give e.g. torch,onnxruntime,openvino.")
+    out = list(dict.fromkeys(out))
+    return sorted(out, key=lambda r: r[0] != "torch")
+
+
+def runtime_label(runtime: tuple[str, str | None], dtype: str) -> str:
+    return f"{runtime[0]} {runtime[1] or dtype}"
+
+
 # ---------------------------------------------------------------------------------------------
 # models
 
@@ -137,6 +162,7 @@ class ModelEntry:
     model: Any
     teacher: Any
     kernels: str | None = None  # for the methods that have CPU fast paths
+    runtime: tuple[str, str | None] = ("torch", None)  # (backend, its precision; None: the run's --dtype)
 
     def describe(self, hw: tuple[int, int], macs_total: tuple[int, int], frames: int) -> dict:
         g = self.teacher
@@ -156,6 +182,17 @@ class ModelEntry:
         try:
             return Pipeline.from_model(self.model, name, label=self.label, path=self.path, interval=interval,
                                        kernels=kernels, **(settings or {}))  # fmt: skip
+        except UserError as exc:
+            raise _Skip(str(exc)) from None
+
+    def on_runtime(self, pipeline, dtype: str, device: torch.device):
+        """``pipeline`` on this entry's backend (its graphs exported once into the cache), or
+        :class:`_Skip` with the reason it cannot run there."""
+        from fastv2v.runtimes import on_backend
+
+        backend, own = self.runtime
+        try:
+            return on_backend(pipeline, backend, dtype=own or dtype, device=str(device))
         except UserError as exc:
             raise _Skip(str(exc)) from None
 
@@ -379,6 +416,7 @@ def run_bench(
     lpips_backbone: str | os.PathLike | None = None,
     runs: Sequence[tuple[str, int | None]] | None = None,
     kernels: str | None = None,
+    backends: str | Sequence[str] = ("torch",),
 ) -> dict:
     """Benchmark ``methods`` of each model on the first ``frames`` frames of ``input``.
 
@@ -394,6 +432,9 @@ def run_bench(
     ``{"keyframes": "peaks"}``) instead of every method at every interval (interval None: the
     model file's own setting, else the method's default). ``kernels``:
     ``torch`` or ``fast`` for the methods that have CPU fast paths (None: their default).
+    ``backends``: run every method on each (``torch``, ``onnxruntime``, ``openvino``, each
+    optionally ``:bf16`` etc.; :func:`parse_backends`) with the same threads; rows say their
+    ``runtime``, and speed-ups and fidelity are against the torch teacher when torch is listed.
     Returns the report as a JSON-ready dict (see ``bench.json``); :func:`write_report` writes it.
     """
     from fastv2v.engine.loop import DTYPES
@@ -422,6 +463,7 @@ def run_bench(
         models = [models]
     if not models:
         raise UserError("no --model given; pass at least one model file.")
+    runtimes = parse_backends(backends)
     entries = [dataclasses.replace(load_model(m, dev), kernels=kernels) for m in models]
     from fastv2v.bench.perceptual import PerceptualColumns
 
@@ -443,6 +485,7 @@ def run_bench(
         report: dict[str, Any] = {
             "fastv2v": _version(), "created": now, "device": _device_text(dev, machine),
             "threads": torch.get_num_threads(), "dtype": dtype, "batch": 1, "repeats": repeats,
+            "runtimes": [runtime_label(r, dtype) for r in runtimes],
             "machine": machine, "input": inp.describe(), "methods": names, "intervals": steps, "kernels": kernels,
             "precision_warning": emulated,
             "models": [], "teacher_macs": None, "results": [], "skipped": [], "conventions": CONVENTIONS,
@@ -453,8 +496,9 @@ def run_bench(
             if e2e:
                 inp.write_source(folder / "source")
             for entry in entries:
-                _bench_model(entry, inp, runs, size, dev, dtype, e2e, repeats, folder, report,
-                             progress, perceptual, shared)  # fmt: skip
+                for runtime in runtimes:
+                    _bench_model(dataclasses.replace(entry, runtime=runtime), inp, runs, size, dev, dtype, e2e,
+                                 repeats, folder, report, progress, perceptual, shared)  # fmt: skip
         report["teacher_macs"] = report["models"][0]["teacher_macs"] if report["models"] else None
         return clean(report)
     finally:
@@ -527,42 +571,51 @@ def _bench_model(
         motion = _motion(targets, "ground truth")
     teacher_outs: list[np.ndarray] | None = None
     teacher_row: dict | None = None
-    fingerprint = (teacher_fingerprint(g), repr(resizer))
+    runtime = runtime_label(entry.runtime, dtype)
+    on_graphs = entry.runtime[0] != "torch"
+    loop_dtype = "fp32" if on_graphs else dtype  # a graph runtime's precision is compiled into it
+    fingerprint = (teacher_fingerprint(g), repr(resizer), runtime)
     teachers, measured = shared.setdefault("teachers", {}), shared.setdefault("runs", {})
+    references = shared.setdefault("references", {})  # the torch teacher, which other runtimes are judged by
     for index, run in enumerate(runs):
         name, interval, settings = run if len(run) == 3 else (*run, {})
         label = (name if interval is None else f"{name}@{interval}") + "".join(f" {k}={v}" for k, v in settings.items())
+        label += f" [{runtime}]" if on_graphs or len(report["runtimes"]) > 1 else ""
         key = (fingerprint, name, interval, tuple(sorted(settings.items())))
         earlier = measured.get(key)
         if name != "teacher" and earlier is not None and not needs_trained_part(name):
             reason = f"the same run on the same teacher is reported under {earlier}"
-            report["skipped"].append({"model": entry.label, "method": name, "interval": interval, "reason": reason})
+            report["skipped"].append({"model": entry.label, "method": name, "interval": interval, "runtime": runtime,
+                                      "reason": reason})  # fmt: skip
             continue
         if name == "teacher" and fingerprint in teachers:
             first, teacher_outs, motion, described = teachers[fingerprint]
             teacher_row = {**first, "model": entry.label, "notes": {**first["notes"], "model": (
                 f"the teacher run of {first['model']}, which carries the same teacher weights (measured once)")}}
-            report["models"].append({**described, "model": entry.label, "kind": entry.kind,
-                                     "path": None if entry.path is None else str(entry.path)})  # fmt: skip
+            if runtime == references[fingerprint[:2]][2]:
+                report["models"].append({**described, "model": entry.label, "kind": entry.kind,
+                                         "path": None if entry.path is None else str(entry.path)})  # fmt: skip
             report["results"].append(teacher_row)
             _say(progress, f"{entry.label}: teacher (shared with {first['model']})")
             continue
         try:
-            pipeline = entry.pipeline(name, interval, settings)
+            counted = entry.pipeline(name, interval, settings)  # the torch pipeline: the MAC counter sees its ops
+            pipeline = entry.on_runtime(counted, dtype, dev) if on_graphs else counted
         except _Skip as exc:
-            report["skipped"].append({"model": entry.label, "method": name, "interval": interval, "reason": str(exc)})
+            report["skipped"].append({"model": entry.label, "method": name, "interval": interval, "runtime": runtime,
+                                      "reason": str(exc)})  # fmt: skip
             _say(progress, f"{entry.label}: skipped {label}: {exc}")
             continue
         _say(progress, f"{entry.label}: {label} ({index + 1}/{len(runs)}) on {len(frames)} frames")
         measured[key] = entry.label
         notes = _Notes()
         method = pipeline.method
-        macs, out_shape = _count_macs(pipeline, frames, dev, dtype)
-        for _ in drive(pipeline, frames[: min(len(frames), (interval or 1) + 1)], device=dev, dtype=dtype):
+        macs, out_shape = _count_macs(counted, frames, dev, dtype)
+        for _ in drive(pipeline, frames[: min(len(frames), (interval or 1) + 1)], device=dev, dtype=loop_dtype):
             pass  # warm-up
         buffer = np.empty((len(frames), *out_shape), np.uint8)
         buffer.fill(0)  # resident before the memory baseline, so the outputs kept are not counted
-        passes = [_timed(pipeline, frames, dev, dtype, buffer) for _ in range(repeats)]
+        passes = [_timed(pipeline, frames, dev, loop_dtype, buffer) for _ in range(repeats)]
         timer, _, collector = sorted(passes, key=lambda p: p[0].seconds)[(len(passes) - 1) // 2]  # the median pass
         seconds, times, keys = timer.seconds, timer.per_frame, collector.keys
         peaks = [p[1].peak_mb for p in passes if p[1].peak_mb is not None]
@@ -572,10 +625,12 @@ def _bench_model(
         n = len(frames)
         row: dict[str, Any] = {
             "model": entry.label, "method": name, "interval": 1 if name == "teacher" else _interval_of(pipeline, interval),
-            "settings": pipeline.settings, "frames": n, "keyframes": int(sum(keys)),
+            "settings": pipeline.settings, "runtime": runtime, "frames": n, "keyframes": int(sum(keys)),
         }  # fmt: skip
-        nonkey_path = None if macs.attributable else _nonkey_path_macs(pipeline, frames[-1])
-        row.update(_cost(method, macs, nonkey_path, n, notes))
+        if on_graphs:
+            notes["macs_per_frame"] = f"counted on the torch pipeline; {entry.runtime[0]} runs the same graphs' ops"
+        nonkey_path = None if macs.attributable else _nonkey_path_macs(counted, frames[-1])
+        row.update(_cost(counted.method, macs, nonkey_path, n, notes))
         ms = 1000.0 * seconds / n
         row["ms_per_frame"] = ms
         row["ms_per_frame_runs"] = [1000.0 * p[0].seconds / n for p in passes]
@@ -588,9 +643,9 @@ def _bench_model(
             notes["e2e_fps"] = f"outputs have {out_shape[-1]} channels; the mp4 writer takes RGB"
         else:
             if name == "teacher":  # first e2e pass of this model: pay one-time costs (codec, file cache) untimed
-                _end_to_end(pipeline, inp, size, dev, dtype, folder, limit=2)
+                _end_to_end(pipeline, inp, size, dev, loop_dtype, folder, limit=2)
             try:
-                e2e_runs = sorted(_end_to_end(pipeline, inp, size, dev, dtype, folder) for _ in range(repeats))
+                e2e_runs = sorted(_end_to_end(pipeline, inp, size, dev, loop_dtype, folder) for _ in range(repeats))
             except UserError as exc:  # what translate refuses (e.g. a clip shorter than one key gap)
                 notes["e2e_fps"] = f"fastv2v translate refuses this run: {exc}"
             else:
@@ -602,13 +657,20 @@ def _bench_model(
             teacher_row, teacher_outs = row, outs
             if motion is None:
                 motion = _motion(outs, "teacher output")
-            report["models"].append(entry.describe(resizer.model_hw, macs.total, n))
+            if fingerprint[:2] not in references:  # the first runtime listed (torch when listed) is the reference
+                references[fingerprint[:2]] = (row, outs, runtime)
+            if runtime == references[fingerprint[:2]][2]:
+                report["models"].append(entry.describe(resizer.model_hw, macs.total, n))
             teachers[fingerprint] = (row, outs, motion, report["models"][-1])
-        row["speedup_vs_teacher"] = teacher_row["ms_per_frame"] / ms
-        t_e2e = teacher_row["e2e_ms_per_frame"]
+        reference_row, reference_outs, reference_runtime = references.get(fingerprint[:2], (teacher_row, teacher_outs,
+                                                                                           runtime))  # fmt: skip
+        row["speedup_vs_teacher"] = reference_row["ms_per_frame"] / ms
+        t_e2e = reference_row["e2e_ms_per_frame"]
         row["e2e_speedup_vs_teacher"] = t_e2e / row["e2e_ms_per_frame"] if t_e2e and row["e2e_ms_per_frame"] else None
-        row.update(_fidelity(outs, teacher_outs, keys, "vs_teacher", notes, nonkey=True))
-        if name == "teacher":
+        row.update(_fidelity(outs, reference_outs, keys, "vs_teacher", notes, nonkey=True))
+        if runtime != reference_runtime:
+            notes["speedup_vs_teacher"] = f"against the teacher on {reference_runtime}"
+        elif name == "teacher":
             notes["psnr_vs_teacher"] = "the teacher is the reference (its PSNR to itself is infinite)"
         row.update(_fidelity(outs, targets, keys, "vs_gt", notes, nonkey=False))
         row.update(_temporal(outs, motion, teacher_outs, targets, notes))
