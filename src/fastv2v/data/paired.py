@@ -67,7 +67,8 @@ HELDOUT_FRACTION = 0.2
 
 def rgb_to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """uint8 H x W x 3 -> float 3 x H x W in [-1, 1] (the generators' ``encode_input`` arithmetic)."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div(255.0)
+    rgb = np.ascontiguousarray(rgb) if rgb.flags.writeable else np.array(rgb)  # torch refuses read-only views
+    x = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255.0)
     return (x - 0.5) / 0.5
 
 
@@ -340,22 +341,261 @@ class EdgeFrames(_Epoch, Dataset):
 
 
 class FootageFrames(EdgeFrames):
-    """A user's own RGB footage for distillation: the input is the frame itself, as the teacher
-    takes it; no ground truth is needed (the frozen teacher's outputs are the targets), so the
-    ``target`` is the same frame. Clips, crops, flips, pairs and the held-out split as
-    :class:`EdgeFrames` (pairs never cross clips), with the last 10 % of every clip held out."""
+    """A user's own footage for distillation, streamed from disk: the input is the frame itself,
+    as the teacher takes it (RGB, or with ``label_nc`` a label map one-hot encoded); no ground
+    truth is needed (the frozen teacher's outputs are the targets), so the ``target`` is the same
+    input. Clips, crops, flips, pairs and the held-out split as :class:`EdgeFrames` (pairs never
+    cross clips), with the last 10 % of every clip held out.
+
+    Frames are never held in memory: each clip is decoded once, resized (aspect kept) to just
+    cover ``(height, width)`` (label maps with nearest-neighbour only, so no class ID is
+    invented), into a raw uint8/uint16 file in ``cache_dir`` (one per clip, named after a hash of
+    the source's path, size and modification times and of the training size, written under a
+    temporary name and renamed) that every item reads memory-mapped; the train and held-out
+    datasets of a clip share it and a resumed run reuses it. ``cache_dir`` None: a temporary
+    folder removed with the dataset. ``label_nc``: the teacher's classes (label-map folders, IDs
+    checked against it); ``instance``: add pix2pixHD's boundary channel, as such a teacher takes.
+    ``fixed_crop``: centred crops in training too (flips stay random), and every item carries
+    ``slot``/``ref_slot``, the index of its (frame, flip) among :meth:`teacher_frames` -- what a
+    cache of the teacher's outputs needs (:mod:`fastv2v.train.teacher_cache`).
+    """
 
     heldout_fraction = 0.1
 
-    def __init__(self, videos, split: str = "train", **kwargs):
-        super().__init__(videos, split, **kwargs)
+    def __init__(
+        self,
+        videos,
+        split: str = "train",
+        *,
+        height: int = 128,
+        width: int = 256,
+        pair_gap: int | tuple[int, int] | None = None,
+        flip: bool = True,
+        cache_dir: str | os.PathLike | None = None,
+        label_nc: int = 0,
+        instance: bool = False,
+        fixed_crop: bool = False,
+    ):
+        if split not in ("train", "heldout"):
+            raise UserError(f"split must be 'train' or 'heldout', not {split!r}.")
+        self.split, self.size = split, (int(height), int(width))
+        self.gap = _gap_range(pair_gap)
+        self.flip = flip and split == "train"
+        self.label_nc, self.instance, self.fixed_crop = int(label_nc), bool(instance), bool(fixed_crop)
+        self.videos = [Path(v) for v in videos]
+        if not self.videos:
+            raise UserError("No clips were given as footage; pass videos or folders of frames with --data.")
+        if cache_dir is None:
+            import tempfile
+            import weakref
+
+            cache_dir = tempfile.mkdtemp(prefix="fastv2v-footage-")
+            weakref.finalize(self, _remove_tree, cache_dir)
+        self.cache_dir = Path(cache_dir)
+        self.names: list[str] = []
+        self._files: list[tuple[Path, tuple, str, int, int]] = []  # raw file, shape, dtype, first, end frame
+        need = (self.gap[1] if self.gap else 0) + 1
+        for path in self.videos:
+            raw, shape, dtype = cached_frames(path, self.size, self.cache_dir, label_nc=self.label_nc)
+            cut = split_point(shape[0], self.heldout_fraction)
+            lo, hi = (0, cut) if split == "train" else (cut, shape[0])
+            if hi - lo < need:
+                raise UserError(
+                    f"{path} has only {hi - lo} {split} frames, fewer than the {need} a sample needs; "
+                    "use a longer video."
+                )
+            self._files.append((raw, tuple(shape), dtype, lo, hi))
+            self.names.append(path.stem)
+        span = self.gap[1] if self.gap else 0
+        self._starts = np.cumsum([0] + [hi - lo - span for *_, lo, hi in self._files])
+        self._frame_starts = np.cumsum([0] + [hi - lo for *_, lo, hi in self._files])
+        self._span = span
+        self._salt = 0xF00D + (split == "heldout")
+        self._views: list[np.ndarray] | None = None
+
+    @property
+    def clips(self) -> list[np.ndarray]:
+        """Per clip: this split's frames at the cover size, memory-mapped (read-only, N x h x w[x 3])."""
+        if self._views is None:
+            self._views = [
+                np.memmap(raw, dtype=dtype, mode="r", shape=shape)[lo:hi] for raw, shape, dtype, lo, hi in self._files
+            ]
+        return self._views
+
+    def __getstate__(self) -> dict:  # DataLoader workers map the files themselves
+        state = dict(self.__dict__)
+        state["_views"] = None
+        return state
+
+    def _crop(self, rng, shape) -> tuple[int, int, bool]:
+        if not self.fixed_crop:
+            return super()._crop(rng, shape)
+        (h, w), (H, W) = shape, self.size
+        return (h - H) // 2, (w - W) // 2, bool(self.flip and rng.random() < 0.5)
+
+    def _encode(self, r: np.ndarray) -> torch.Tensor:
+        if not self.label_nc:
+            return rgb_to_tensor(r)
+        ids = torch.from_numpy(r.astype(np.int64))
+        x = torch.nn.functional.one_hot(ids, self.label_nc).permute(2, 0, 1).float()
+        if self.instance:
+            from fastv2v.generators.base import instance_edges
+
+            x = torch.cat([x, instance_edges(ids[None])[0]])
+        return x
 
     def _item(self, clip: int, k: int, box) -> tuple[torch.Tensor, torch.Tensor]:
         top, left, flip = box
         H, W = self.size
         r = self.clips[clip][k, top : top + H, left : left + W]
-        x = rgb_to_tensor(np.ascontiguousarray(r[:, ::-1] if flip else r))
+        x = self._encode(np.array(r[:, ::-1] if flip else r))  # a copy: the map is read-only
         return x, x
+
+    def __getitem__(self, index: int) -> dict:
+        item = super().__getitem__(index)
+        if self.fixed_crop:
+            clip = int(np.searchsorted(self._starts, index, side="right") - 1)
+            k = int(index - self._starts[clip])
+            flip = self._crop(self._rng(index), self.clips[clip].shape[1:3])[2]
+            first = int(self._frame_starts[clip]) + k
+            item["slot"] = 2 * (first + item.get("gap", 0)) + flip
+            if "gap" in item:
+                item["ref_slot"] = 2 * first + flip
+        return item
+
+    def cache_key(self) -> list:
+        """What identifies this split's frames: the frame cache files and the frames taken of each."""
+        return [[raw.name, lo, hi] for raw, _, _, lo, hi in self._files]
+
+    def frames_used(self) -> int:
+        """Frames of this split over all clips."""
+        return int(self._frame_starts[-1])
+
+    def teacher_frames(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """Every frame of this split in both orientations, centre-cropped, as ``(slot, input)``:
+        slot ``2 * f + flip`` for frame ``f`` (counted over the clips in order)."""
+        H, W = self.size
+        for clip, frames in enumerate(self.clips):
+            h, w = frames.shape[1:3]
+            top, left = (h - H) // 2, (w - W) // 2
+            for k in range(len(frames)):
+                r = frames[k, top : top + H, left : left + W]
+                f = int(self._frame_starts[clip]) + k
+                yield 2 * f, self._encode(np.array(r))
+                yield 2 * f + 1, self._encode(np.array(r[:, ::-1]))
+
+    def centre_frames(self, clip: int = 0) -> np.ndarray:
+        """Clip ``clip``'s frames of this split, centre-cropped to the training size (a view)."""
+        frames = self.clips[clip]
+        (h, w), (H, W) = frames.shape[1:3], self.size
+        top, left = (h - H) // 2, (w - W) // 2
+        return frames[:, top : top + H, left : left + W]
+
+
+def _remove_tree(folder) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+#: Bump when the frame-cache layout or resizing changes (old caches are then not reused).
+_FRAME_CACHE_VERSION = 1
+_LABEL_MODES = ("P", "L", "1", "I", "I;16", "I;16B", "I;16L", "LA", "PA")
+
+
+def _source_signature(path: Path) -> list:
+    """What identifies a clip's content cheaply: path, size and modification time (of every
+    image of a frame folder)."""
+    if path.is_dir():
+        return [str(path.resolve())] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns]
+                                        for p in sorted(path.iterdir()) if p.is_file()]  # fmt: skip
+    st = path.stat()
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+
+
+def _check_input_kind(path: Path, label_nc: int) -> None:
+    """Label maps for a label teacher, pictures for an RGB one: one sentence naming the file."""
+    from fastv2v.data.video import IMAGE_SUFFIXES
+
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass videos, folders of frames or a .txt list with --data.")
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        first = images[0] if images else None
+    else:
+        first = path if path.suffix.lower() in IMAGE_SUFFIXES else None
+    if first is None:  # a video
+        if label_nc:
+            raise UserError(f"{path} is a video, but the teacher takes label maps ({label_nc} classes); give folders "
+                            "of single-channel label-map PNGs (one folder per clip) as --data.")  # fmt: skip
+        return
+    if label_nc:
+        return  # read_label_map names a colour image or a JPEG itself
+    from PIL import Image
+
+    try:
+        with Image.open(first) as img:
+            mode = img.mode
+    except OSError:
+        return  # the decoder names the file when it reads it
+    if mode in _LABEL_MODES:
+        raise UserError(f"{first} is a single-channel image (a label map?), but the teacher takes RGB frames; give RGB "
+                        "footage, or a label-map teacher for label maps.")  # fmt: skip
+
+
+def cached_frames(
+    path: str | os.PathLike, size: tuple[int, int], folder: str | os.PathLike, *, label_nc: int = 0
+) -> tuple[Path, tuple[int, ...], str]:
+    """Decode clip ``path`` once into ``folder``: every frame resized (aspect kept) to just cover
+    ``size`` (label maps: nearest neighbour), as one raw file ``frames-<hash>.raw`` with a
+    ``.json`` beside it (shape, dtype, source). Returns ``(raw file, shape, dtype)``; an existing
+    complete cache of the same source and size is reused. The frames stream to disk one at a
+    time (memory does not grow with the clip), under a temporary name renamed when complete; the
+    ``.json``, written last, marks it complete."""
+    import hashlib
+    import json
+
+    from fastv2v.atomic import atomic_path
+    from fastv2v.data.video import open_frames
+
+    path, folder = Path(path), Path(folder)
+    _check_input_kind(path, label_nc)
+    key = json.dumps([_FRAME_CACHE_VERSION, _source_signature(path), list(size), bool(label_nc)])
+    name = "frames-" + hashlib.sha1(key.encode()).hexdigest()[:16]
+    raw, meta = folder / f"{name}.raw", folder / f"{name}.json"
+    if meta.is_file() and raw.is_file():
+        info = json.loads(meta.read_text())
+        shape = tuple(info["shape"])
+        if raw.stat().st_size == int(np.prod(shape)) * np.dtype(info["dtype"]).itemsize:
+            if label_nc and info.get("max_id", 0) >= label_nc:
+                raise UserError(f"{path} contains class ID {info['max_id']} but the teacher knows only {label_nc} "
+                                f"classes (0-{label_nc - 1}); use label maps of the teacher's classes.")  # fmt: skip
+            return raw, shape, info["dtype"]
+    folder.mkdir(parents=True, exist_ok=True)
+    count, hw, dtype, top = 0, None, None, 0
+    with atomic_path(raw) as tmp:
+        with open(tmp, "wb") as out, open_frames(path, labels=bool(label_nc), num_classes=label_nc or None) as frames:
+            for frame in frames:
+                if hw is None:
+                    hw, dtype = _cover_size(frame.shape[:2], size), frame.dtype
+                if label_nc:
+                    if frame.ndim != 2:
+                        raise UserError(f"{path} does not hold single-channel label maps; save class IDs as 8- or "
+                                        "16-bit single-channel PNGs.")  # fmt: skip
+                    if frame.shape[:2] != hw:
+                        frame = cv2.resize(frame, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+                    top = max(top, int(frame.max()))
+                else:
+                    frame = _resize(frame, hw)
+                out.write(np.ascontiguousarray(frame, dtype=dtype).tobytes())
+                count += 1
+        if count < 2:
+            split_point(count)  # the one-sentence refusal of a clip too short to split
+    shape = (count, *hw) + (() if label_nc else (3,))
+    with atomic_path(meta) as tmp:
+        tmp.write_text(json.dumps({"source": str(path), "shape": list(shape), "dtype": np.dtype(dtype).name,
+                                   "size": list(size), "max_id": top}))  # fmt: skip
+    return raw, shape, np.dtype(dtype).name
 
 
 # ---------------------------------------------------------------------------------------------

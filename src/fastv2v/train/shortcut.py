@@ -99,6 +99,7 @@ class ShortcutTrainingConfig(DistillationConfig):
     device: str = "cpu"
     precision: str = "fp32"
     calibration_pairs: int = 64
+    cache_teacher: bool = False  # footage only: the teacher's a/f/y per (centre-cropped) frame read from disk
 
     @property
     def gaps(self) -> tuple[int, int]:
@@ -182,16 +183,24 @@ def distill_step(
     teacher: SplitGenerator,
     batch: Mapping[str, torch.Tensor],
     config: ShortcutTrainingConfig,
+    targets: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One update of the block, then of both discriminators; returns the unweighted losses.
-    Forward passes and losses run under ``config.precision``'s autocast (bf16 on GPU)."""
+    Forward passes and losses run under ``config.precision``'s autocast (bf16 on GPU).
+    ``targets``: the teacher's ``a/f/y`` of reference then current frames, from a cache (the
+    teacher's head and body then do not run; its tail still renders the block's features)."""
     block, d, d_t = models["block"], models["D"], models["D_T"]
     device = next(block.parameters()).device
     ref = batch["ref_input"].to(device=device, dtype=torch.float32)
     x = batch["input"].to(device=device, dtype=torch.float32)
     gan = GANLoss("lsgan")
     with training_autocast(device, config.precision):
-        t = teacher_targets(teacher, ref, x)
+        if targets is None:
+            t = teacher_targets(teacher, ref, x)
+        else:
+            n = x.shape[0]
+            t = {f"{k}{end}": targets[k][part] for k in ("a", "f", "y")
+                 for end, part in (("_ref", slice(0, n)), ("_t", slice(n, None)))}  # fmt: skip
         f_hat, extras = block(t["a_t"], t["a_ref"], t["f_ref"], aligned=True)
         y_hat = teacher.tail(f_hat)
         for net in (d, d_t):
@@ -295,7 +304,7 @@ def distill_shortcut(
     data-parallel on chunks of the global batch; rank 0 writes the files.
     """
     return run_training(
-        config, dataset, lambda ctx: ShortcutRecipe(config, ctx.device, dataset), sample_batch=sample_batch,
+        config, dataset, lambda ctx: ShortcutRecipe(config, ctx.device, dataset, ctx), sample_batch=sample_batch,
         progress=progress, max_steps=max_steps, ctx=ctx,
     )  # fmt: skip
 
@@ -307,16 +316,18 @@ class ShortcutRecipe(DistillationRecipe):
     desc = "shortcut"
     export_name = EXPORT
     trained = TRAINED
+    cache_keys = ("a", "f", "y")
 
-    def __init__(self, config: ShortcutTrainingConfig, device: str | torch.device, dataset: Any):
-        super().__init__(config, device)
+    def __init__(self, config: ShortcutTrainingConfig, device: str | torch.device, dataset: Any, ctx: Any = None):
+        super().__init__(config, device, dataset, ctx)
         self.dataset = dataset
 
     def build_models(self, device: torch.device) -> dict[str, nn.Module]:
         return build_models(self.config, self.teacher, device)
 
     def train_step(self, models: Models, optimizers: Optimizers, batch: Batch) -> dict[str, float]:
-        return distill_step(models, optimizers, self.teacher, batch, self.config)
+        targets = None if self.cache is None else self.cached_targets(batch, both=True)
+        return distill_step(models, optimizers, self.teacher, batch, self.config, targets)
 
     def check_batch(self, batch: Batch, models: Models) -> None:
         super().check_batch(batch, models)

@@ -123,6 +123,7 @@ class StudentTrainingConfig(DistillationConfig):
     device: str = "cpu"
     precision: str = "fp32"
     init: str | None = None
+    cache_teacher: bool = False  # footage only: the teacher's f/y per (centre-cropped) frame read from disk
 
     @property
     def gaps(self) -> int | tuple[int, int]:
@@ -282,9 +283,12 @@ def distill_step(
     teacher: SplitGenerator,
     batch: Mapping[str, torch.Tensor],
     config: StudentTrainingConfig,
+    targets: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One update of student + mapping, then of the discriminator; returns the unweighted losses.
-    Forward passes and losses run under ``config.precision``'s autocast (bf16 on GPU)."""
+    Forward passes and losses run under ``config.precision``'s autocast (bf16 on GPU).
+    ``targets``: the teacher's ``f``/``y`` of the student's inputs (reference frames first when
+    ``temporal``), from a cache instead of running the teacher."""
     g, d = models["G"], models["D"]
     device = next(g.parameters()).device
     ref = batch["ref_input"].to(device=device, dtype=torch.float32)
@@ -299,7 +303,7 @@ def distill_step(
         inputs = x
         weight = motion_weights(x, ref, label_nc, config.motion_weight, config.flow_preset)
     with training_autocast(device, config.precision):
-        t = teacher_targets(teacher, inputs)
+        t = teacher_targets(teacher, inputs) if targets is None else targets
         y_hat, f_hat = g(inputs)
         gan = GANLoss("lsgan")
 
@@ -362,7 +366,7 @@ def distill_student(
     data-parallel on chunks of the global batch; rank 0 writes the files.
     """
     return run_training(
-        config, dataset, lambda ctx: StudentRecipe(config, ctx.device), sample_batch=sample_batch,
+        config, dataset, lambda ctx: StudentRecipe(config, ctx.device, dataset, ctx), sample_batch=sample_batch,
         progress=progress, max_steps=max_steps, ctx=ctx,
     )  # fmt: skip
 
@@ -378,7 +382,10 @@ class StudentRecipe(DistillationRecipe):
         return build_models(self.config, self.teacher, device)
 
     def train_step(self, models: Models, optimizers: Optimizers, batch: Batch) -> dict[str, float]:
-        return distill_step(models, optimizers, self.teacher, batch, self.config)
+        targets = None
+        if self.cache is not None:
+            targets = self.cached_targets(batch, both=self.config.temporal)
+        return distill_step(models, optimizers, self.teacher, batch, self.config, targets)
 
     def check_batch(self, batch: Batch, models: Models) -> None:
         super().check_batch(batch, models)
