@@ -90,6 +90,7 @@ class Pipeline:
     label: str = "model"
     path: Path | None = None
     model: Any = None  # what was loaded: the generator, or the bundle with its trained part
+    dtype: str | None = None  # the precision the file's own method was tuned at (``--dtype auto`` runs it)
 
     @property
     def name(self) -> str:
@@ -158,6 +159,7 @@ class Pipeline:
         kind = "generator" if plain else model.kind
         stored = dict((stored if plain else model.method) or {})
         own = stored.pop("name", None)
+        tuned_dtype = stored.pop("dtype", None)
         name = method or own or "teacher"
         cls_ = method_class(name)
         if is_sequential(generator):
@@ -181,7 +183,8 @@ class Pipeline:
         settings = {k: v for k, v in stored.items() if k in accepted} if applies else {}
         settings.update(given)
         built = cls_.from_model(model, **settings)
-        return cls(generator.eval(), built, kind=kind, label=label or _label(generator), path=path, model=model)
+        return cls(generator.eval(), built, kind=kind, label=label or _label(generator), path=path, model=model,
+                   dtype=tuned_dtype if name == own else None)  # fmt: skip
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write this pipeline as one self-describing model file (the teacher, any trained part,
@@ -190,7 +193,7 @@ class Pipeline:
         import copy
 
         path = Path(path)
-        method = {"name": self.name, **self.settings}
+        method = {"name": self.name, **self.settings, **({"dtype": self.dtype} if self.dtype else {})}
         if self.kind == "generator":
             from fastv2v.generators import save_generator
 

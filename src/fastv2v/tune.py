@@ -9,6 +9,20 @@ process, the teacher first); PSNR to the teacher is pooled over all clips' frame
 error first) and the speed-up is the teacher's total end-to-end time over the candidate's. The
 choice is written as one self-describing model file (:meth:`fastv2v.pipeline.Pipeline.save`), so
 ``fastv2v translate --model DIR/pipeline.safetensors`` runs exactly the measured pipeline.
+
+Where the device computes bfloat16 natively (:func:`fastv2v.precision.native`), every candidate
+is measured again under bf16 autocast (``... bf16``, the teacher itself among them; run the
+choice with ``--dtype bf16``), its speed-up against the fp32 teacher. Its PSNR to the fp32
+teacher is a lower bound: the bench measures it to the bf16 teacher, and the bf16 teacher's
+own distance to the fp32 teacher (measured here) is added by the triangle inequality of the
+pooled RMS error, so a bf16 candidate that meets a PSNR target surely meets it.
+
+``budget_seconds`` is checked between clips and, within a clip, between groups of candidates:
+after the teacher and the first candidate, each further bench call takes as many candidates as
+the remaining budget is expected to hold (at least one), and the candidates not measured by then
+are left out; a clip after the first that is cut short is dropped whole (every candidate is
+compared on the same clips). Each group pays one more teacher pass, its speed-ups measured
+against that pass.
 """
 
 from __future__ import annotations
@@ -68,11 +82,13 @@ class Candidate:
     squared_error: float = 0.0  # sum over frames of the per-frame MSE to the teacher (0..255 scale)
     seconds: float = 0.0  # end to end, all clips
     teacher_seconds: float = 0.0
+    dtype: str = "fp32"
 
     @property
     def label(self) -> str:
         keyframes = self.settings.get("keyframes")
         extra = f" keyframes={keyframes}" if keyframes else ""
+        extra += f" {self.dtype}" if self.dtype != "fp32" else ""
         return self.method + (f"@{self.interval}" if self.interval not in (None, 1) else "") + extra
 
     @property
@@ -95,6 +111,7 @@ class TuneResult:
     skipped: list[str] = field(default_factory=list)
     size: tuple[int, int] | None = None  # the model resolution measured at (None: each clip's own)
     frames: int | None = None  # frames per clip measured (None: the bench's default, 0: all)
+    backend: str = "torch"  # the runtime every candidate was measured on
 
 
 def _runs(kinds: set[str]) -> list[tuple]:
@@ -109,43 +126,52 @@ def _kind_of(method: str) -> str | None:
 
 def tune(
     models: Sequence[str | Path], inputs: Sequence[str | Path], target: Target, *, size=None, frames: int | None = None,
-    budget_seconds: float | None = None, kernels: str | None = None, progress: bool = True,
+    budget_seconds: float | None = None, kernels: str | None = None, progress: bool = True, device: str = "cpu",
+    dtypes: Sequence[str] | None = None, backend: str = "torch",
 ) -> TuneResult:
-    """Measure the candidates on every clip (within the budget) and choose (see the module)."""
-    from fastv2v.bench import run_bench
+    """Measure the candidates on every clip (within the budget) and choose (see the module).
+    ``dtypes``: the precisions to measure (None: fp32, and bf16 where ``device`` runs it natively
+    in PyTorch). ``backend``: the runtime every candidate and the teacher run on (a graph
+    backend measures fp32 graphs; methods it cannot run are listed as skipped)."""
+    import torch
+
     from fastv2v.models import model_kind
+    from fastv2v.precision import native
 
     if not models or not inputs:
         raise UserError("give at least one --model and one --input clip.")
+    if dtypes is None:
+        dtypes = ("fp32", "bf16") if backend == "torch" and native("bf16", torch.device(device)) else ("fp32",)
     kinds = {model_kind(m) for m in models}
     runs = _runs(kinds)
     start, by_key, clips, skipped = time.perf_counter(), {}, [], []
+    left = (lambda: math.inf) if budget_seconds is None else (lambda: budget_seconds - (time.perf_counter() - start))
     for clip in inputs:
-        if budget_seconds is not None and clips and time.perf_counter() - start > budget_seconds:
+        if clips and left() <= 0:
             skipped.append(f"{clip}: not measured, the {budget_seconds:g} s budget was spent")
             continue
-        report = run_bench(list(models), clip, runs=runs, size=size, frames=frames, kernels=kernels, progress=progress)
+        bench = dict(size=size, frames=frames, kernels=kernels, progress=progress, device=device, backends=(backend,))
+        found: dict = {}
+        cut = _measure_clip(list(models), clip, runs, dtypes, bench, left, found, skipped)
+        if cut and clips:  # a later clip cut short: dropped, so every candidate has the same clips
+            skipped.append(f"{clip}: not measured to the end, the {budget_seconds:g} s budget was spent")
+            continue
+        if cut:
+            skipped.append(f"{clip}: the {budget_seconds:g} s budget was spent after {len(found)} candidates")
         clips.append(str(clip))
-        teacher = {r["model"]: r for r in report["results"] if r["method"] == "teacher"}
-        for row in report["results"]:
-            if row["method"] == "teacher":
-                continue
-            if row.get("e2e_ms_per_frame") is None:
-                skipped.append(f"{row['model']} {row['method']}@{row['interval']} on {clip}: "
-                               f"{row['notes'].get('e2e_fps', 'no end-to-end time')}")  # fmt: skip
-                continue
-            settings = row.get("settings") or {}
-            key = (row["model"], row["method"], json.dumps(settings, sort_keys=True))
-            c = by_key.setdefault(key, Candidate(row["model"], row["method"], row["interval"], settings))
+        for key, (row, teacher_s, gap_mse) in found.items():
+            c = by_key.setdefault(key, Candidate(row["model"], row["method"], row["interval"],
+                                                 row.get("settings") or {}, dtype=key[3]))  # fmt: skip
             n = row["frames"]
             psnr = row.get("psnr_vs_teacher")
+            mse = 0.0 if psnr is None else 255.0**2 / 10 ** (psnr / 10)
+            if gap_mse is not None:  # bf16: to the fp32 teacher, bounded by the triangle inequality
+                mse = (math.sqrt(mse) + math.sqrt(gap_mse)) ** 2
             c.clips += 1
             c.frames += n
-            c.squared_error += 0.0 if psnr is None else n * 255.0**2 / 10 ** (psnr / 10)
+            c.squared_error += n * mse
             c.seconds += n * row["e2e_ms_per_frame"] / 1000
-            c.teacher_seconds += n * teacher[row["model"]]["e2e_ms_per_frame"] / 1000
-        skipped += [f"{s['model']} {s['method']}: {s['reason']}" for s in report["skipped"]
-                    if "reported under" not in s["reason"] and "needs a trained" not in s["reason"]]  # fmt: skip
+            c.teacher_seconds += n * teacher_s
     candidates = [c for c in by_key.values() if c.clips == len(clips)]  # measured on every clip
     ok = [c for c in candidates if target.met(c)]
     if target.metric == "psnr":
@@ -154,7 +180,80 @@ def tune(
     else:
         chosen = max(ok, key=lambda c: c.psnr, default=None)
         closest = max(candidates, key=lambda c: c.speedup, default=None)
-    return TuneResult(target, candidates, chosen, None if chosen else closest, clips, skipped, size, frames)
+    return TuneResult(target, candidates, chosen, None if chosen else closest, clips, skipped, size, frames, backend)
+
+
+def _measure_clip(models, clip, runs, dtypes, bench: dict, left, found: dict, skipped: list) -> bool:
+    """Measure ``runs`` of every dtype on one clip into ``found`` (key -> (row, fp32 teacher
+    seconds per frame, bf16 teacher gap MSE or None)), in groups that fit the budget ``left()``;
+    True when the budget cut the clip short."""
+    from fastv2v.bench import run_bench
+
+    teacher_s: dict = {}  # fp32 teacher seconds per frame, by model
+    per_run = None  # wall seconds one candidate is expected to take (the first call: teacher + one)
+    for dtype in dtypes:
+        gaps = _teacher_gaps(models, clip, bench) if dtype != "fp32" else {}
+        todo = list(runs) + ([("teacher", None)] if dtype != "fp32" else [])
+        while todo:
+            if found and left() <= 0:
+                return True
+            if not math.isfinite(left()):  # no budget: one bench call, one teacher pass
+                count = len(todo)
+            else:  # the teacher and one candidate first, then as many as the budget is expected to hold
+                count = 1 if per_run is None else max(1, int(left() // per_run))
+            group, todo = todo[:count], todo[count:]
+            tick = time.perf_counter()
+            report = run_bench(models, clip, runs=group, dtype=dtype, **bench)
+            if per_run is None:
+                per_run = (time.perf_counter() - tick) / 2
+            rows = report["results"]
+            teachers = {r["model"]: r for r in rows if r["method"] == "teacher"}
+            for r in teachers.values():
+                if dtype == "fp32" and r.get("e2e_ms_per_frame") is not None:
+                    teacher_s.setdefault(r["model"], r["e2e_ms_per_frame"] / 1000)
+            wants_teacher = any(g[0] == "teacher" for g in group)
+            for row in rows:
+                if row["method"] == "teacher" and not wants_teacher:
+                    continue
+                if row.get("e2e_ms_per_frame") is None:
+                    skipped.append(f"{row['model']} {row['method']}@{row['interval']} on {clip}: "
+                                   f"{row['notes'].get('e2e_fps', 'no end-to-end time')}")  # fmt: skip
+                    continue
+                base = teacher_s.get(row["model"]) if dtype != "fp32" else teachers[row["model"]]["e2e_ms_per_frame"] / 1000
+                if base is None:
+                    continue
+                key = (row["model"], row["method"], json.dumps(row.get("settings") or {}, sort_keys=True), dtype)
+                if row["method"] == "teacher":  # the bf16 teacher: its own distance to the fp32 one
+                    row = {**row, "psnr_vs_teacher": None}
+                found[key] = (row, base, gaps.get(row["model"]) if dtype != "fp32" else None)
+            skipped += [f"{s['model']} {s['method']}: {s['reason']}" for s in report["skipped"]
+                        if "reported under" not in s["reason"] and "needs a trained" not in s["reason"]]  # fmt: skip
+    return False
+
+
+def _teacher_gaps(models, clip, bench: dict) -> dict[str, float]:
+    """Per model file: the mean per-frame MSE (0..255) between its teacher in bf16 and in fp32 on
+    the clip, measured as the bench measures (model-size outputs back at the source size)."""
+    import numpy as np
+    import torch
+
+    from fastv2v.bench.inputs import resolve_input
+    from fastv2v.data.resize import Resizer
+    from fastv2v.engine.loop import drive
+    from fastv2v.pipeline import Pipeline
+
+    inp = resolve_input(clip, size=bench["size"], frames=bench["frames"])
+    dev = torch.device(bench["device"])
+    gaps = {}
+    for model in models:
+        pipeline = Pipeline.from_file(model, "teacher", device=dev)
+        g = pipeline.teacher
+        resizer = Resizer((inp.height, inp.width), size=None if inp.task else bench["size"], multiple=g.size_multiple)
+        xs = inp.model_frames(g.input_kind == "labels", resizer)
+        outs = [[resizer.from_model(o.output).astype(np.float64) for o in drive(pipeline, xs, device=dev, dtype=d)]
+                for d in ("fp32", "bf16")]  # fmt: skip
+        gaps[Path(model).name] = float(np.mean([np.mean((a - b) ** 2) for a, b in zip(*outs)]))
+    return gaps
 
 
 def write_result(result: TuneResult, models: Sequence[str | Path], out: Path) -> Path | None:
@@ -169,9 +268,12 @@ def write_result(result: TuneResult, models: Sequence[str | Path], out: Path) ->
         c = result.chosen
         source = next(Path(m) for m in models if Path(m).name == c.model)
         settings = {k: v for k, v in c.settings.items() if v is not None}
-        pipeline_path = Pipeline.from_file(source, c.method, **settings).save(out / "pipeline.safetensors")
+        pipeline = Pipeline.from_file(source, c.method, **settings)
+        pipeline.dtype = c.dtype  # `--dtype auto` runs the file at the precision it was measured at
+        pipeline_path = pipeline.save(out / "pipeline.safetensors")
     data = {
         "target": asdict(result.target), "clips": result.clips, "size": result.size, "frames": result.frames,
+        "backend": result.backend,
         "skipped": result.skipped,
         "chosen": _row(result.chosen), "closest": _row(result.closest),
         "candidates": [_row(c) for c in sorted(result.candidates, key=lambda c: -c.speedup)],
@@ -188,7 +290,7 @@ def _row(c: Candidate | None) -> dict | None:
     if c is None:
         return None
     return {"pipeline": c.label, "model": c.model, "method": c.method, "interval": c.interval, "settings": c.settings,
-            "psnr_vs_teacher": None if math.isinf(c.psnr) else c.psnr, "e2e_speedup": c.speedup,
+            "dtype": c.dtype, "psnr_vs_teacher": None if math.isinf(c.psnr) else c.psnr, "e2e_speedup": c.speedup,
             "frames": c.frames}  # fmt: skip
 
 
@@ -213,7 +315,8 @@ def _markdown(result: TuneResult) -> str:
     if result.chosen:
         c = result.chosen
         lines.append(f"**Chosen:** `{c.label}` on `{c.model}`: {c.speedup:.2f}x end to end, {c.psnr:.2f} dB to the "
-                     "teacher (`pipeline.safetensors`).")  # fmt: skip
+                     f"teacher (`pipeline.safetensors`, measured at {c.dtype}: `--dtype auto` runs it so"
+                     + (f"; run with `--backend {result.backend}`" if result.backend != "torch" else "") + ").")  # fmt: skip
     else:
         c = result.closest
         lines.append(f"**No candidate meets the target**; the closest is `{c.label}` on `{c.model}` "
