@@ -31,15 +31,32 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="compute precision via autocast; bf16 roughly halves CPU time on processors with native bf16 "
-                   "(avx512_bf16/amx) and is emulated, many times slower, elsewhere (fastv2v warns)")  # fmt: skip
+    _add_device_options(p)
     p.add_argument("--batch", type=int, default=1, help="frames per model call, for throughput (default 1)")
     p.add_argument("--size", type=_size, default=None, metavar="HxW", help="model resolution (default: the input's)")
     p.add_argument("--resize", default="pad", choices=["pad", "crop", "stretch"],
                    help="how --size keeps the aspect ratio (default pad)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_device_options(p: argparse.ArgumentParser) -> None:
+    """Where and how the models run: device, precision, backend (translate, live)."""
+    from fastv2v.precision import DTYPE_CHOICES, default_dtype
+
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--dtype", default=default_dtype(), choices=DTYPE_CHOICES,
+                   help="compute precision; auto (the default, or $FASTV2V_DTYPE): the fastest the device computes "
+                   "natively, timed on the model at start (bf16 on CPUs with avx512_bf16/amx when it pays, else "
+                   "fp32); an explicit bf16/fp16 the device only emulates runs many times slower (fastv2v warns)")  # fmt: skip
+    _add_backend_options(p)
+
+
+def _add_backend_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "openvino"], help="run the "
+                   "per-frame models on PyTorch (default) or as ONNX graphs on ONNX Runtime / OpenVINO (pip install "
+                   "\"fastv2v[onnx]\" / \"fastv2v[openvino]\"); graphs are exported once into a cache")  # fmt: skip
+    p.add_argument("--graphs", default=None, metavar="DIR", help="with --backend onnxruntime/openvino: the graphs "
+                   "fastv2v export wrote for this model (default: export into ~/.cache/fastv2v or $FASTV2V_CACHE)")  # fmt: skip
 
 
 def _add_kernels_option(p: argparse.ArgumentParser) -> None:
@@ -71,6 +88,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         max_interval=args.max_interval, keyframes=args.keyframes, threshold=args.threshold, kernels=args.kernels,
         start=args.start,
     )  # fmt: skip
+    pipeline, args.dtype = _on_runtime(args, pipeline)
     if args.input_list is not None:
         return _translate_many(args, pipeline)
     report = translate(
@@ -83,6 +101,70 @@ def cmd_translate(args: argparse.Namespace) -> int:
             f"{args.input} is truncated: {report.frames_lost} frames could not be decoded after frame "
             f"{report.frames} (the {report.frames} that decoded are in {args.output}); re-encode or re-copy the file."
         )
+    return 0
+
+
+def _on_runtime(args: argparse.Namespace, pipeline):
+    """``pipeline`` on ``--backend`` with ``--dtype`` resolved (auto: timed here); returns it and
+    the autocast precision the torch loop applies."""
+    from fastv2v.runtimes import prepare
+
+    if args.graphs is not None and args.backend == "torch":
+        raise UserError("--graphs gives exported graphs to --backend onnxruntime or openvino; add one of them.")
+    return prepare(pipeline, backend=args.backend, dtype=args.dtype, device=args.device, graphs=args.graphs,
+                   size=args.size, threads=getattr(args, "threads", None), quiet=args.quiet)  # fmt: skip
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    """``fastv2v live SOURCE SINK``: translate a camera, stream or stdin in real time."""
+    from fractions import Fraction
+
+    from fastv2v.engine.live import check_sink, live, write_report
+    from fastv2v.pipeline import Pipeline
+
+    check_sink(args.sink)  # before the model loads: a bad output path costs no work
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    options = {}
+    for pair in args.input_option:
+        if "=" not in pair:
+            raise UserError(f"--input-option takes KEY=VALUE (e.g. video_size=640x480), not {pair!r}.")
+        key, value = pair.split("=", 1)
+        options[key] = value
+    pipeline = Pipeline.from_file(args.model, args.method, arch=args.arch, interval=args.interval,
+                                  kernels=args.kernels)  # fmt: skip
+    pipeline, dtype = _on_runtime(args, pipeline)
+    if args.backend == "torch":
+        from fastv2v.engine.translate import resolve_device
+        from fastv2v.precision import warn_if_emulated
+
+        warn_if_emulated(dtype, resolve_device(args.device))
+    fps = None if args.fps is None else Fraction(args.fps).limit_denominator(1001000)
+    log = sys.stderr
+    try:
+        report = live(
+            pipeline, args.source, args.sink, device=args.device, dtype=dtype, size=args.size, resize_mode=args.resize,
+            budget_ms=args.max_latency_ms, max_gap=args.max_gap, skip_below=args.skip_below, fps=fps,
+            duration=args.duration, input_format=args.input_format, input_options=options,
+            output_format=args.output_format, open_timeout=args.open_timeout, read_timeout=args.source_timeout,
+            quiet=args.quiet, log=log,
+        )  # fmt: skip
+    except KeyboardInterrupt as exc:  # the output was finalised; say so instead of "nothing was left"
+        report = getattr(exc, "report", None)
+        if report is None:
+            raise
+        if args.report:
+            write_report(report, args.report)
+        print(report.summary(), file=sys.stdout if args.sink != "-" else log)
+        print(f"fastv2v: interrupted; the {report.stats.written} frames translated so far are in {args.sink}.",
+              file=log)  # fmt: skip
+        return 143 if type(exc).__name__ == "Terminated" else 130
+    if args.report:
+        write_report(report, args.report)
+    print(report.summary(), file=sys.stdout if args.sink != "-" else log)
+    print(f"fastv2v: {report.ended}; stopped cleanly, {report.stats.written} frames are in {args.sink}.", file=log)
     return 0
 
 
@@ -273,16 +355,19 @@ def _distillation_teacher(args: argparse.Namespace):
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.task is None:
-        _check_footage_teacher(args)
+        args.footage_teacher = _check_footage_teacher(args)
         return args.teacher
+    if args.cache_teacher:
+        raise UserError("--cache-teacher works on your own footage (--data without --task); drop it for a built-in task.")
     teacher = args.teacher or shipped_teacher(args.task)
     if teacher is None:
         raise UserError(f"this install ships no {args.task} teacher; pass your teacher's model file with --teacher.")
     return teacher
 
 
-def _check_footage_teacher(args: argparse.Namespace) -> None:
-    """Distilling on your own footage needs the teacher and the footage, and an RGB teacher."""
+def _check_footage_teacher(args: argparse.Namespace):
+    """Distilling on your own footage needs the teacher and the footage: an RGB teacher (RGB
+    footage) or a label-map one (folders of label-map PNGs). Returns the teacher."""
     from fastv2v.models import load_model
 
     if args.teacher is None or not args.data:
@@ -290,9 +375,10 @@ def _check_footage_teacher(args: argparse.Namespace) -> None:
                         "scenes|edges for a built-in task).")  # fmt: skip
     model = load_model(args.teacher)
     teacher = getattr(model, "teacher", model)
-    if teacher.input_kind != "image" or teacher.input_nc != 3:
-        raise UserError(f"{args.teacher} takes {teacher.input_kind} input ({teacher.input_nc} channels); distilling "
-                        "on your own footage takes RGB-to-RGB teachers for now (label-map footage: not yet).")  # fmt: skip
+    if teacher.input_kind == "image" and teacher.input_nc != 3:
+        raise UserError(f"{args.teacher} takes {teacher.input_nc}-channel pictures; distilling on your own footage "
+                        "takes RGB teachers or label-map teachers.")  # fmt: skip
+    return teacher
 
 
 def _run_distillation(args: argparse.Namespace, config, distill) -> int:
@@ -303,11 +389,16 @@ def _run_distillation(args: argparse.Namespace, config, distill) -> int:
 
     config.validate()
     h, w = args.size
-    if args.task is None:  # the user's own footage
-        from fastv2v.tasks import footage_pairs
+    if args.task is None:  # the user's own footage, streamed from a frame cache in the run folder
+        from fastv2v.data.paired import FootageFrames
+        from fastv2v.tasks import footage_paths
 
-        data = footage_pairs(args.data, "train", height=h, width=w, pair_gap=config.gaps)
-        heldout = footage_pairs(args.data, "heldout", height=h, width=w, pair_gap=config.gaps)
+        teacher = getattr(args, "footage_teacher", None) or _check_footage_teacher(args)
+        paths = footage_paths(args.data)
+        kind = {"height": h, "width": w, "pair_gap": config.gaps, "cache_dir": Path(args.out) / "cache",
+                "label_nc": teacher.label_nc, "instance": bool(getattr(teacher, "use_instance", False))}  # fmt: skip
+        data = FootageFrames(paths, "train", fixed_crop=config.cache_teacher, **kind)
+        heldout = FootageFrames(paths, "heldout", **kind)
     else:
         data = training_pairs(args.task, "train", height=h, width=w, videos=args.data, clips=args.clips,
                               pair_gap=config.gaps)  # fmt: skip
@@ -317,7 +408,11 @@ def _run_distillation(args: argparse.Namespace, config, distill) -> int:
     if is_main_process():  # under torchrun only rank 0 reports
         print(f"wrote {export} (checkpoint, samples and log in {args.out})")
         if args.task is None and Path(export).exists():
-            print(f"wrote {_bench_heldout(export, heldout, config.interval, args)}")
+            bench = _bench_heldout(export, heldout, config.interval, args)
+            print(f"wrote {bench}")
+            from fastv2v.train.card import write_footage_card
+
+            print(f"wrote {write_footage_card(export, config, data, heldout, bench)}")
     return 0
 
 
@@ -326,19 +421,21 @@ def _bench_heldout(model, heldout, interval: int, args: argparse.Namespace) -> P
     training size) against the teacher and the training-free methods; ``bench.md`` beside it."""
     import tempfile
 
+    import numpy as np
     from PIL import Image
 
     from fastv2v.bench import run_bench, write_report
+    from fastv2v.data.labels import write_label_map
     from fastv2v.pipeline import Pipeline
 
     own = Pipeline.from_file(model).name
     runs = [(own, None), ("repeat", interval), ("interp", interval)]
-    h, w = heldout.size
-    frames = heldout.clips[0]
-    top, left = (frames.shape[1] - h) // 2, (frames.shape[2] - w) // 2
     with tempfile.TemporaryDirectory(prefix="fastv2v-heldout-") as tmp:
-        for i, frame in enumerate(frames[:, top : top + h, left : left + w]):
-            Image.fromarray(frame).save(Path(tmp) / f"{i:06d}.png")
+        for i, frame in enumerate(heldout.centre_frames(0)):
+            if heldout.label_nc:
+                write_label_map(Path(tmp) / f"{i:06d}.png", np.asarray(frame))
+            else:
+                Image.fromarray(np.asarray(frame)).save(Path(tmp) / f"{i:06d}.png")
         report = run_bench(model, tmp, runs=runs, frames=0, progress=not args.quiet)
     report["command"] = f"the end of `fastv2v distill` (held-out last 10 % of {heldout.names[0]})"
     return write_report(report, Path(model).parent)["md"]
@@ -355,7 +452,7 @@ def cmd_distill_shortcut(args: argparse.Namespace) -> int:
         lr=args.lr, vgg_weights=args.vgg_weights, checkpoint_every=args.checkpoint_every,
         sample_every=args.sample_every, seed=args.seed, resume=args.resume, device=args.device,
         num_workers=args.workers, reference_skip=not args.official_architecture, precision=args.precision,
-        force=args.force,
+        force=args.force, cache_teacher=args.cache_teacher,
     )  # fmt: skip
     return _run_distillation(args, config, distill_shortcut)
 
@@ -372,6 +469,7 @@ def cmd_distill_student(args: argparse.Namespace) -> int:
         lambda_gan=args.gan_weight, vgg_weights=args.vgg_weights, temporal=args.temporal, max_gap=args.max_gap,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, seed=args.seed, resume=args.resume,
         device=args.device, num_workers=args.workers, precision=args.precision, init=args.init, force=args.force,
+        cache_teacher=args.cache_teacher,
     )  # fmt: skip
     return _run_distillation(args, config, distill_student)
 
@@ -382,9 +480,13 @@ def _add_distillation_options(p: argparse.ArgumentParser, export: str) -> None:
                    "without it, distil on your own footage: --teacher T --data P [P ...]")  # fmt: skip
     p.add_argument("--teacher", default=None, help="teacher model file (default: the task's shipped teacher)")
     p.add_argument("--data", nargs="*", default=None, help="edges: videos or folders (default: the sample clips); "
-                   "without --task: your own RGB footage (videos, folders of videos or frames, .txt lists), "
-                   "the last 10 %% of every clip held out")  # fmt: skip
+                   "without --task: your own footage (videos, folders of videos or frames, .txt lists; for a "
+                   "label-map teacher folders of label-map PNGs), streamed from a frame cache in --out, the last "
+                   "10 %% of every clip held out")  # fmt: skip
     p.add_argument("--clips", type=int, default=64, help="scenes: synthetic training clips (default 64)")
+    p.add_argument("--cache-teacher", action="store_true", help="your footage: compute the frozen teacher's outputs "
+                   "on every training frame once (centre crops, both flips, float16 in --out/cache) instead of "
+                   "each step")  # fmt: skip
     _add_run_options(p, export, steps=2000)
 
 
@@ -446,7 +548,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.model, args.input, methods=args.methods, intervals=args.intervals, dtype=args.dtype, size=args.size,
         frames=args.frames, device=args.device, threads=args.threads, e2e=not args.no_e2e, repeats=args.repeats,
         progress=not args.quiet, fid_weights=args.fid_weights, lpips_weights=args.lpips_weights,
-        lpips_backbone=args.lpips_backbone, kernels=args.kernels,
+        lpips_backbone=args.lpips_backbone, kernels=args.kernels, backends=args.backends,
     )  # fmt: skip
     report["command"] = _bench_command(args)
     paths = write_report(report, args.out)
@@ -468,6 +570,7 @@ def _bench_command(args: argparse.Namespace) -> str:
     parts += ["--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
     parts += ["--repeats", str(args.repeats)] if args.repeats != 1 else []
     parts += ["--kernels", args.kernels] if args.kernels else []
+    parts += ["--backends", args.backends] if args.backends != "torch" else []
     parts += (["--no-e2e"] if args.no_e2e else []) + ["--out", str(args.out)]
     return " ".join(shlex.quote(p) for p in parts)
 
@@ -479,7 +582,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     target = Target.parse(args.target)
     check_output_folder(args.out, "--out")
     result = tune(args.model, args.input, target, size=args.size, frames=args.frames,
-                  budget_seconds=args.budget_seconds, kernels=args.kernels, progress=not args.quiet)  # fmt: skip
+                  budget_seconds=args.budget_seconds, kernels=args.kernels, progress=not args.quiet,
+                  backend=args.backend)  # fmt: skip
     pipeline = write_result(result, args.model, Path(args.out))
     if pipeline is None:
         c = result.closest
@@ -487,6 +591,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise UserError(f"no candidate pipeline reaches {args.target} on these clips{closest}; see {args.out}/tune.md.")
     c = result.chosen
     size = f" --size {args.size[0]}x{args.size[1]}" if args.size else ""
+    size += f" --backend {args.backend}" if args.backend != "torch" else ""
     print(f"chosen: {c.label} on {c.model}: {c.speedup:.2f}x end to end, {c.psnr:.2f} dB to the teacher; "
           f"run it with: fastv2v translate IN OUT --model {pipeline}{size}")  # fmt: skip
     return 0
@@ -559,6 +664,47 @@ def build_parser() -> argparse.ArgumentParser:
                    "generator makes the first tG-1 outputs)")  # fmt: skip
     _add_kernels_option(p)
     p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("live", help="translate a camera, network stream or standard input in real time, under a "
+                       "latency budget (docs/live.md)")  # fmt: skip
+    p.add_argument("source", help="a camera device (/dev/video0), a stream URL (udp://, rtsp://, http://, ...), a "
+                   "video file, or - (standard input: encoded, or raw with --input-format rawvideo)")  # fmt: skip
+    p.add_argument("sink", help="a video file (.mp4/.mov/.mkv, finalised even when the source vanishes), a stream URL "
+                   "(udp://, rtp://, rtmp://, ... : H.264) or - (MPEG-TS H.264 on standard output)")  # fmt: skip
+    p.add_argument("--model", required=True, help="a fastv2v .safetensors or an upstream .pth")
+    p.add_argument("--arch", help="architecture of an upstream .pth (inferred when omitted)")
+    p.add_argument("--method", default=None, help="an online method: teacher, repeat, reuse, shortcut, shortcut_auto, "
+                   "sparse or spatial (default: the model file's own); interp, fast and minterpolate hold a key "
+                   "gap of frames and are refused")  # fmt: skip
+    p.add_argument("--interval", type=_interval, default=None, help="the method's own key-frame interval (as translate)")
+    p.add_argument("--size", type=_size, default=None, metavar="HxW", help="model resolution (default: the input's, "
+                   "rounded to what the model takes)")  # fmt: skip
+    p.add_argument("--resize", default="pad", choices=["pad", "crop", "stretch"], help="how --size keeps the aspect "
+                   "ratio (default pad)")  # fmt: skip
+    p.add_argument("--max-latency-ms", type=float, default=200.0, help="latency budget, capture to write (default 200); "
+                   "under load the key gap grows, then frames are dropped, so no frame is written later")  # fmt: skip
+    p.add_argument("--max-gap", type=int, default=8, help="the longest key gap the schedule may grow to under load "
+                   "(default 8)")  # fmt: skip
+    p.add_argument("--skip-below", type=float, default=1.0, help="similarity gate: a frame whose model input differs "
+                   "from the last processed one by less than this mean absolute difference (0-255) shows the last "
+                   "output again (default 1.0; 0 turns it off)")  # fmt: skip
+    p.add_argument("--fps", type=float, default=None, help="output frame rate when the source states none")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
+    p.add_argument("--input-format", default=None, help="FFmpeg input format (v4l2, rawvideo, mpegts, ...; default: "
+                   "probed, v4l2 for /dev/video*)")  # fmt: skip
+    p.add_argument("--input-option", action="append", default=[], metavar="KEY=VALUE", help="FFmpeg input option, "
+                   "repeatable (video_size=640x480, framerate=30, pixel_format=rgb24, ...)")  # fmt: skip
+    p.add_argument("--output-format", default=None, help="FFmpeg muxer of a stream sink (default: mpegts for udp/tcp/"
+                   "srt and -, rtp_mpegts for rtp, flv for rtmp; rawvideo: raw RGB frames)")  # fmt: skip
+    p.add_argument("--open-timeout", type=float, default=10.0, help="seconds to wait for the source to start (default 10)")
+    p.add_argument("--source-timeout", type=float, default=2.0, help="seconds without data after which the source "
+                   "counts as gone and the run stops cleanly (default 2)")  # fmt: skip
+    _add_device_options(p)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--report", default=None, metavar="FILE", help="write a JSON summary (fps, latency percentiles, counts)")
+    p.add_argument("--quiet", action="store_true", help="no per-second lines")
+    _add_kernels_option(p)
+    p.set_defaults(func=cmd_live)
 
     prepare = sub.add_parser("prepare", help="preprocess raw videos into model inputs").add_subparsers(
         dest="what", required=True
@@ -686,7 +832,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "end, at least)")  # fmt: skip
     p.add_argument("--size", type=_size, default=None, metavar="HxW", help="model resolution (default: the clip's)")
     p.add_argument("--frames", type=int, default=None, help="frames per clip (default 60; 0: all)")
-    p.add_argument("--budget-seconds", type=float, default=None, help="stop measuring further clips after this")
+    p.add_argument("--budget-seconds", type=float, default=None, help="stop measuring further candidates and clips "
+                   "after this")  # fmt: skip
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "openvino"], help="runtime to measure every candidate on "
+                   "(graph backends: fp32 graphs; methods they cannot run are skipped); default torch")  # fmt: skip
     _add_kernels_option(p)
     p.add_argument("--out", required=True, help="folder for pipeline.safetensors, tune.md, tune.json, pareto.png")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -702,6 +851,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default teacher,repeat,reuse; the teacher always runs first)")  # fmt: skip
     p.add_argument("--intervals", default="2,3,4", help="key-frame intervals to try (default 2,3,4)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="compute precision for all methods")
+    p.add_argument("--backends", default="torch", help="run every method on each of these, same threads, one table: "
+                   "torch, onnxruntime, openvino, each optionally :bf16 (e.g. torch,onnxruntime,openvino,openvino:bf16; "
+                   "default torch); speed-ups and fidelity are against the torch teacher")  # fmt: skip
     p.add_argument("--size", type=_size, default=None, metavar="HxW",
                    help="model resolution (default: the input's; task clips 128x256)")  # fmt: skip
     p.add_argument("--frames", type=int, default=None, help="benchmark the first N frames (default 60; 0: all)")
