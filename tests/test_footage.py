@@ -31,8 +31,9 @@ def test_distill_on_a_clip_writes_the_model_and_its_heldout_bench(kind, own, tea
     clip = make_video(frames=40, size=(32, 64))
     out = tmp_path / "run"
     args = ["distill", kind, "--teacher", str(teacher), "--data", str(clip), "--steps", "2", "--batch", "2",
-            "--size", "32x64", "--out", str(out), "--quiet"]  # fmt: skip
+            "--out", str(out)]  # fmt: skip  (no --size: the clip's own, 32x64)
     assert main(args) == 0, capsys.readouterr().err
+    assert f"training at 32x64, the size of {clip}" in capsys.readouterr().err
     assert (out / f"{kind}.safetensors").exists() and (out / "bench.md").exists()
     rows = json.loads((out / "bench.json").read_text())["results"]
     assert [r["method"] for r in rows] == ["teacher", own, "repeat", "interp"] and rows[0]["frames"] == 4

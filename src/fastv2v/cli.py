@@ -356,7 +356,10 @@ def _distillation_teacher(args: argparse.Namespace):
         torch.set_num_threads(args.threads)
     if args.task is None:
         args.footage_teacher = _check_footage_teacher(args)
+        if args.size is None:
+            args.size = _footage_size(args.data, args.footage_teacher, quiet=args.quiet)
         return args.teacher
+    args.size = args.size or (128, 256)
     if args.cache_teacher:
         raise UserError("--cache-teacher works on your own footage (--data without --task); drop it for a built-in task.")
     teacher = args.teacher or shipped_teacher(args.task)
@@ -379,6 +382,23 @@ def _check_footage_teacher(args: argparse.Namespace):
         raise UserError(f"{args.teacher} takes {teacher.input_nc}-channel pictures; distilling on your own footage "
                         "takes RGB teachers or label-map teachers.")  # fmt: skip
     return teacher
+
+
+def _footage_size(data, teacher, quiet: bool = False) -> tuple[int, int]:
+    """The first clip's frame size, rounded down to what the generator accepts (``--size``'s
+    default on your own footage), said in one line."""
+    from fastv2v.data.video import open_frames
+    from fastv2v.tasks import footage_paths
+
+    first = footage_paths(data)[0]
+    with open_frames(first, labels=bool(teacher.label_nc), num_classes=teacher.label_nc or None) as frames:
+        h, w = next(iter(frames)).shape[:2]
+    m = int(getattr(teacher, "size_multiple", 1) or 1)
+    size = (max(m, h // m * m), max(m, w // m * m))
+    if not quiet:
+        print(f"fastv2v: training at {size[0]}x{size[1]}, the size of {first} (set another with --size HxW)",
+              file=sys.stderr)  # fmt: skip
+    return size
 
 
 def _run_distillation(args: argparse.Namespace, config, distill) -> int:
@@ -487,13 +507,17 @@ def _add_distillation_options(p: argparse.ArgumentParser, export: str) -> None:
     p.add_argument("--cache-teacher", action="store_true", help="your footage: compute the frozen teacher's outputs "
                    "on every training frame once (centre crops, both flips, float16 in --out/cache) instead of "
                    "each step")  # fmt: skip
-    _add_run_options(p, export, steps=2000)
+    _add_run_options(p, export, steps=2000, size=None, size_help="training size (default: a task's 128x256; on your own "
+                     "footage the first clip's frame size, rounded to what the generator accepts)")  # fmt: skip
 
 
-def _add_run_options(p: argparse.ArgumentParser, export: str, *, steps: int, batch: int = 4) -> None:
+def _add_run_options(p: argparse.ArgumentParser, export: str, *, steps: int, batch: int = 4,
+                     size: tuple[int, int] | None = (128, 256), size_help: str = "training size (default 128x256)",
+                     ) -> None:  # fmt: skip
     """The run options every training command shares (``fastv2v train ...`` and ``fastv2v distill ...``):
-    size, schedule, loss extras, checkpointing, device and the run folder that ends with ``export``."""
-    p.add_argument("--size", type=_size, default=(128, 256), metavar="HxW", help="training size (default 128x256)")
+    size, schedule, loss extras, checkpointing, device and the run folder that ends with ``export``.
+    ``size`` None: the command resolves ``--size`` itself."""
+    p.add_argument("--size", type=_size, default=size, metavar="HxW", help=size_help)
     p.add_argument("--batch", type=int, default=batch, help="global batch: under torchrun each of N processes takes "
                    f"batch/N (default {batch})")  # fmt: skip
     p.add_argument("--steps", type=int, default=steps, help=f"total steps of the run (default {steps})")
