@@ -58,6 +58,15 @@ def test_max_interval_bounds_staleness():
     assert max(b - a for a, b in zip(positions, positions[1:])) <= 5
 
 
+@pytest.mark.parametrize("target,max_interval", [(4, 8), (2.5, None), (3, 12)])
+def test_the_spec_a_schedule_writes_parses_back_to_it(target, max_interval):
+    from fastv2v.methods.schedules import parse_keyframes
+
+    schedule = AdaptiveInterval(target, max_interval)
+    again = parse_keyframes(schedule.spec, interval=7).rule  # the interval does not override the spec's target
+    assert (again.target, again.max_interval, again.spec) == (schedule.target, schedule.max_interval, schedule.spec)
+
+
 def test_bad_settings():
     with pytest.raises(UserError, match="target"):
         AdaptiveInterval(0.5)

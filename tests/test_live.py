@@ -101,7 +101,7 @@ def decoded_frames(path: Path) -> int:
 
 
 def test_udp_stream_is_translated_within_the_budget(tmp_path, capsys):
-    rc, report, sender = run_live(tmp_path, "--max-latency-ms", "250", "--skip-below", "0")
+    rc, report, sender = run_live(tmp_path, "--max-latency-ms", "250", "--skip-below", "0", frames=100)
     assert rc == 0
     out = tmp_path / "out.mp4"
     frames = report["frames"]
@@ -152,7 +152,7 @@ def test_a_buffered_method_is_refused(tmp_path, capsys):
 
 
 def test_a_static_stream_is_mostly_skipped(tmp_path):
-    rc, report, _ = run_live(tmp_path, static=True, frames=50)
+    rc, report, _ = run_live(tmp_path, static=True, frames=125)  # 5 s: a loaded machine's slow start fits
     assert rc == 0
     frames = report["frames"]
     assert frames["skipped"] >= 0.7 * frames["written"] > 0

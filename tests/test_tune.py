@@ -120,3 +120,16 @@ def test_tune_on_a_graph_backend_measures_graphs_and_skips_what_they_cannot_run(
     assert "sparse" not in {c["pipeline"] for c in report["candidates"]}
     assert any("sparse" in s for s in report["skipped"])
     assert all(c["dtype"] == "fp32" for c in report["candidates"])
+
+
+@pytest.mark.parametrize("run", __import__("fastv2v.tune", fromlist=["x"]).TRAINING_FREE, ids=str)
+def test_every_candidate_survives_the_pipeline_file(run, teacher, tmp_path):
+    """What tune measured is what the written file rebuilds (settings and precision)."""
+    from fastv2v.pipeline import Pipeline
+
+    name, interval, settings = run if len(run) == 3 else (*run, {})
+    extra = {"interval": interval} if interval else {}
+    pipeline = Pipeline.from_file(teacher, name, **extra, **settings)
+    pipeline.dtype = "bf16"
+    again = Pipeline.from_file(pipeline.save(tmp_path / "p.safetensors"))
+    assert (again.name, again.settings, again.dtype) == (name, pipeline.settings, "bf16")

@@ -561,6 +561,8 @@ def parse_keyframes(spec: Any = None, interval: int | None = None) -> Any:
             raise UserError(
                 f"unknown option {sorted(unknown)[0]!r} in --keyframes {text!r}; peaks takes window, min, max."
             )
+        if any(not isinstance(v, int) for v in options.values()):
+            raise UserError(f"--keyframes {text!r}: peaks takes whole numbers of frames.")
         return PeakKeys(window=options.get("window", DEFAULT_PEAK_WINDOW), min_gap=options.get("min", 1),
                         max_gap=options.get("max", interval))  # fmt: skip
     name, _, rest = text.partition(":")
@@ -577,19 +579,22 @@ def _auto(rest: str, interval: int | None) -> Any:
     if "auto" in _SPECS:
         return parse_keyframes(_SPECS["auto"](rest, interval))
     options = _options(rest, f"auto:{rest}")
-    if set(options) - {"max"}:
-        raise UserError(f"unknown option in --keyframes 'auto:{rest}'; auto takes max (e.g. auto:max=12).")
-    return OnlineKeys(AdaptiveInterval(4 if interval is None else interval, options.get("max")))
+    if set(options) - {"target", "max"}:
+        raise UserError(f"unknown option in --keyframes 'auto:{rest}'; auto takes target and max (e.g. "
+                        "auto:target=4,max=12).")  # fmt: skip
+    target = options.get("target", 4 if interval is None else interval)  # the spec AdaptiveInterval writes
+    return OnlineKeys(AdaptiveInterval(target, options.get("max")))
 
 
-def _options(text: str, spec: str) -> dict[str, int]:
-    out = {}
+def _options(text: str, spec: str) -> dict[str, int | float]:
+    out: dict[str, int | float] = {}
     for item in filter(None, (p.strip() for p in text.split(","))):
         key, eq, value = item.partition("=")
-        if not eq or not value.strip().isdigit():
+        if not eq or not re.fullmatch(r"\d+(\.\d+)?", value.strip()):
             raise UserError(f"--keyframes {spec!r}: options are name=number separated by commas, e.g. "
                             "peaks:window=5,max=12.")  # fmt: skip
-        out[key.strip()] = int(value)
+        number = float(value)
+        out[key.strip()] = int(number) if number.is_integer() else number
     return out
 
 
