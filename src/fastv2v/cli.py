@@ -457,7 +457,9 @@ def _bench_heldout(model, heldout, interval: int, args: argparse.Namespace) -> P
             else:
                 Image.fromarray(np.asarray(frame)).save(Path(tmp) / f"{i:06d}.png")
         report = run_bench(model, tmp, runs=runs, frames=0, progress=not args.quiet)
-    report["command"] = f"the end of `fastv2v distill` (held-out last 10 % of {heldout.names[0]})"
+    first = heldout.videos[0]
+    report["input"]["path"] = f"{first} (its held-out last 10 %, centre-cropped to the training size)"
+    report["command"] = f"the end of fastv2v distill (the held-out last 10 % of {first.name})"
     return write_report(report, Path(model).parent)["md"]
 
 

@@ -11,11 +11,9 @@ choice is written as one self-describing model file (:meth:`fastv2v.pipeline.Pip
 ``fastv2v translate --model DIR/pipeline.safetensors`` runs exactly the measured pipeline.
 
 Where the device computes bfloat16 natively (:func:`fastv2v.precision.native`), every candidate
-is measured again under bf16 autocast (``... bf16``, the teacher itself among them; run the
-choice with ``--dtype bf16``), its speed-up against the fp32 teacher. Its PSNR to the fp32
-teacher is a lower bound: the bench measures it to the bf16 teacher, and the bf16 teacher's
-own distance to the fp32 teacher (measured here) is added by the triangle inequality of the
-pooled RMS error, so a bf16 candidate that meets a PSNR target surely meets it.
+is measured again under bf16 autocast (``... bf16``, the teacher itself among them) in the same
+bench run (``backends=torch,torch:bf16``), its speed-up and its PSNR against the fp32 teacher;
+the file of a bf16 choice records it, and ``--dtype auto`` (translate's default) runs it so.
 
 ``budget_seconds`` is checked between clips and, within a clip, between groups of candidates:
 after the teacher and the first candidate, each further bench call takes as many candidates as
@@ -146,30 +144,28 @@ def tune(
     runs = _runs(kinds)
     start, by_key, clips, skipped = time.perf_counter(), {}, [], []
     left = (lambda: math.inf) if budget_seconds is None else (lambda: budget_seconds - (time.perf_counter() - start))
+    runtimes = [backend] + [f"{backend}:{d}" for d in dtypes if d != "fp32"]
     for clip in inputs:
         if clips and left() <= 0:
             skipped.append(f"{clip}: not measured, the {budget_seconds:g} s budget was spent")
             continue
-        bench = dict(size=size, frames=frames, kernels=kernels, progress=progress, device=device, backends=(backend,))
+        bench = dict(size=size, frames=frames, kernels=kernels, progress=progress, device=device, backends=runtimes)
         found: dict = {}
-        cut = _measure_clip(list(models), clip, runs, dtypes, bench, left, found, skipped)
+        cut = _measure_clip(list(models), clip, runs, bench, left, found, skipped)
         if cut and clips:  # a later clip cut short: dropped, so every candidate has the same clips
             skipped.append(f"{clip}: not measured to the end, the {budget_seconds:g} s budget was spent")
             continue
         if cut:
             skipped.append(f"{clip}: the {budget_seconds:g} s budget was spent after {len(found)} candidates")
         clips.append(str(clip))
-        for key, (row, teacher_s, gap_mse) in found.items():
+        for key, (row, teacher_s) in found.items():
             c = by_key.setdefault(key, Candidate(row["model"], row["method"], row["interval"],
                                                  row.get("settings") or {}, dtype=key[3]))  # fmt: skip
             n = row["frames"]
             psnr = row.get("psnr_vs_teacher")
-            mse = 0.0 if psnr is None else 255.0**2 / 10 ** (psnr / 10)
-            if gap_mse is not None:  # bf16: to the fp32 teacher, bounded by the triangle inequality
-                mse = (math.sqrt(mse) + math.sqrt(gap_mse)) ** 2
             c.clips += 1
             c.frames += n
-            c.squared_error += n * mse
+            c.squared_error += 0.0 if psnr is None else n * 255.0**2 / 10 ** (psnr / 10)
             c.seconds += n * row["e2e_ms_per_frame"] / 1000
             c.teacher_seconds += n * teacher_s
     candidates = [c for c in by_key.values() if c.clips == len(clips)]  # measured on every clip
@@ -183,77 +179,44 @@ def tune(
     return TuneResult(target, candidates, chosen, None if chosen else closest, clips, skipped, size, frames, backend)
 
 
-def _measure_clip(models, clip, runs, dtypes, bench: dict, left, found: dict, skipped: list) -> bool:
-    """Measure ``runs`` of every dtype on one clip into ``found`` (key -> (row, fp32 teacher
-    seconds per frame, bf16 teacher gap MSE or None)), in groups that fit the budget ``left()``;
-    True when the budget cut the clip short."""
+def _measure_clip(models, clip, runs, bench: dict, left, found: dict, skipped: list) -> bool:
+    """Measure ``runs`` on every runtime of ``bench`` on one clip into ``found`` (key -> (row,
+    the reference teacher's end-to-end seconds per frame)), in groups that fit the budget
+    ``left()``; True when the budget cut the clip short. The reference is the first runtime's
+    teacher (fp32); the other runtimes' teachers are candidates too."""
     from fastv2v.bench import run_bench
 
-    teacher_s: dict = {}  # fp32 teacher seconds per frame, by model
     per_run = None  # wall seconds one candidate is expected to take (the first call: teacher + one)
-    for dtype in dtypes:
-        gaps = _teacher_gaps(models, clip, bench) if dtype != "fp32" else {}
-        todo = list(runs) + ([("teacher", None)] if dtype != "fp32" else [])
-        while todo:
-            if found and left() <= 0:
-                return True
-            if not math.isfinite(left()):  # no budget: one bench call, one teacher pass
-                count = len(todo)
-            else:  # the teacher and one candidate first, then as many as the budget is expected to hold
-                count = 1 if per_run is None else max(1, int(left() // per_run))
-            group, todo = todo[:count], todo[count:]
-            tick = time.perf_counter()
-            report = run_bench(models, clip, runs=group, dtype=dtype, **bench)
-            if per_run is None:
-                per_run = (time.perf_counter() - tick) / 2
-            rows = report["results"]
-            teachers = {r["model"]: r for r in rows if r["method"] == "teacher"}
-            for r in teachers.values():
-                if dtype == "fp32" and r.get("e2e_ms_per_frame") is not None:
-                    teacher_s.setdefault(r["model"], r["e2e_ms_per_frame"] / 1000)
-            wants_teacher = any(g[0] == "teacher" for g in group)
-            for row in rows:
-                if row["method"] == "teacher" and not wants_teacher:
-                    continue
-                if row.get("e2e_ms_per_frame") is None:
-                    skipped.append(f"{row['model']} {row['method']}@{row['interval']} on {clip}: "
-                                   f"{row['notes'].get('e2e_fps', 'no end-to-end time')}")  # fmt: skip
-                    continue
-                base = teacher_s.get(row["model"]) if dtype != "fp32" else teachers[row["model"]]["e2e_ms_per_frame"] / 1000
-                if base is None:
-                    continue
-                key = (row["model"], row["method"], json.dumps(row.get("settings") or {}, sort_keys=True), dtype)
-                if row["method"] == "teacher":  # the bf16 teacher: its own distance to the fp32 one
-                    row = {**row, "psnr_vs_teacher": None}
-                found[key] = (row, base, gaps.get(row["model"]) if dtype != "fp32" else None)
-            skipped += [f"{s['model']} {s['method']}: {s['reason']}" for s in report["skipped"]
-                        if "reported under" not in s["reason"] and "needs a trained" not in s["reason"]]  # fmt: skip
+    todo = list(runs)
+    while todo:
+        if found and left() <= 0:
+            return True
+        if not math.isfinite(left()):  # no budget: one bench call, one teacher pass per runtime
+            count = len(todo)
+        else:  # the teacher and one candidate first, then as many as the budget is expected to hold
+            count = 1 if per_run is None else max(1, int(left() // per_run))
+        group, todo = todo[:count], todo[count:]
+        tick = time.perf_counter()
+        report = run_bench(models, clip, runs=group, **bench)
+        if per_run is None:
+            per_run = (time.perf_counter() - tick) / 2
+        reference = report["runtimes"][0]
+        rows = report["results"]
+        teachers = {r["model"]: r for r in rows if r["method"] == "teacher" and r["runtime"] == reference}
+        for row in rows:
+            if row["method"] == "teacher" and (row["runtime"] == reference or "measured once" in row["notes"].get("model", "")):
+                continue  # the reference itself, or a teacher shared by two model files (one candidate is enough)
+            base = teachers.get(row["model"], {}).get("e2e_ms_per_frame")
+            if row.get("e2e_ms_per_frame") is None or base is None:
+                skipped.append(f"{row['model']} {row['method']}@{row['interval']} on {clip}: "
+                               f"{row['notes'].get('e2e_fps', 'no end-to-end time')}")  # fmt: skip
+                continue
+            dtype = row["runtime"].split()[-1]
+            key = (row["model"], row["method"], json.dumps(row.get("settings") or {}, sort_keys=True), dtype)
+            found[key] = (row, base / 1000)
+        skipped += [f"{s['model']} {s['method']}: {s['reason']}" for s in report["skipped"]
+                    if "reported under" not in s["reason"] and "needs a trained" not in s["reason"]]  # fmt: skip
     return False
-
-
-def _teacher_gaps(models, clip, bench: dict) -> dict[str, float]:
-    """Per model file: the mean per-frame MSE (0..255) between its teacher in bf16 and in fp32 on
-    the clip, measured as the bench measures (model-size outputs back at the source size)."""
-    import numpy as np
-    import torch
-
-    from fastv2v.bench.inputs import resolve_input
-    from fastv2v.data.resize import Resizer
-    from fastv2v.engine.loop import drive
-    from fastv2v.pipeline import Pipeline
-
-    inp = resolve_input(clip, size=bench["size"], frames=bench["frames"])
-    dev = torch.device(bench["device"])
-    gaps = {}
-    for model in models:
-        pipeline = Pipeline.from_file(model, "teacher", device=dev)
-        g = pipeline.teacher
-        resizer = Resizer((inp.height, inp.width), size=None if inp.task else bench["size"], multiple=g.size_multiple)
-        xs = inp.model_frames(g.input_kind == "labels", resizer)
-        outs = [[resizer.from_model(o.output).astype(np.float64) for o in drive(pipeline, xs, device=dev, dtype=d)]
-                for d in ("fp32", "bf16")]  # fmt: skip
-        gaps[Path(model).name] = float(np.mean([np.mean((a - b) ** 2) for a, b in zip(*outs)]))
-    return gaps
 
 
 def write_result(result: TuneResult, models: Sequence[str | Path], out: Path) -> Path | None:

@@ -573,7 +573,7 @@ def _bench_model(
     teacher_row: dict | None = None
     runtime = runtime_label(entry.runtime, dtype)
     on_graphs = entry.runtime[0] != "torch"
-    loop_dtype = "fp32" if on_graphs else dtype  # a graph runtime's precision is compiled into it
+    loop_dtype = "fp32" if on_graphs else entry.runtime[1] or dtype  # a graph runtime's precision is compiled in
     fingerprint = (teacher_fingerprint(g), repr(resizer), runtime)
     teachers, measured = shared.setdefault("teachers", {}), shared.setdefault("runs", {})
     references = shared.setdefault("references", {})  # the torch teacher, which other runtimes are judged by
