@@ -45,10 +45,11 @@ fi
 OUT="benchmarks/results/gpu/$DEVICE"
 mkdir -p "$OUT"
 "$PY" - "$DEVICE" > "$OUT/machine.json" <<'EOF'
-import json, platform, sys
+import json, sys
 import torch
+from fastv2v.bench.runner import machine_info
 device = sys.argv[1]
-info = {"device": device, "torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor()}
+info = {"device": device, **machine_info(torch.device("cpu"))}  # CPU model, cores, torch, threads
 if device.startswith("cuda"):
     if not torch.cuda.is_available():
         sys.exit("gpu.sh: --device cuda but torch sees no CUDA GPU here; run with --device cpu for a smoke run.")
