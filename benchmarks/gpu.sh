@@ -102,7 +102,7 @@ done
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-lines = ["# fastv2v on " + json.loads((out / "machine.json").read_text()).get("gpu", "cpu"), "",
+lines = ["# fastv2v on " + (json.loads((out / "machine.json").read_text()).get("gpu") or "cpu"), "",
          "| task | size | dtype | method | runtime | ms/frame (model) | speed-up | e2e speed-up | PSNR→teacher dB |",
          "|---|---|---|---|---|---|---|---|---|"]
 for run in (out / "runs.txt").read_text().split():
