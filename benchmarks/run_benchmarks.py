@@ -254,9 +254,10 @@ def results_page(
                   f"From `python benchmarks/sparse_curve.py` (its own command and machine are in the file):", ""]
         lines += [ln for ln in curve.read_text().splitlines() if not ln.startswith("# ")]
         lines = [ln.replace("](sparse_curve", "](results/sparse_curve") for ln in lines]
-    runtimes = HERE / "results" / "runtimes.md"
-    if not quick and runtimes.exists():  # written by benchmarks/runtimes.py (its own command and date inside)
-        lines += [""] + runtimes.read_text().rstrip("\n").split("\n")
+    if not quick:  # benchmarks/runtimes.py and vid2vid.py (their own commands and dates inside)
+        from sections import extra_sections
+
+        lines += extra_sections()
     if skipped:
         lines += ["", "## Skipped", ""] + [f"- {s}" for s in skipped]
     return "\n".join(lines) + "\n"

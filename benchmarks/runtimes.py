@@ -20,6 +20,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from sections import put_section
+
 HERE = Path(__file__).resolve().parent
 WEIGHTS = HERE.parent / "src" / "fastv2v" / "weights"
 #: (model file, methods, intervals): the teacher and the headline pipelines of each kind of file.
@@ -59,24 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    if args.results_md.exists():
-        args.results_md.write_text(splice(args.results_md.read_text(), text))
+    put_section(args.results_md, text)
     print(f"wrote {args.out} and its section of {args.results_md} ({shlex.join(sys.argv)})")
     return 0
-
-
-def splice(page: str, section: str) -> str:
-    """``page`` with its Runtimes section (up to the next ``## `` heading) replaced by
-    ``section``, or with ``section`` appended."""
-    lines = page.rstrip("\n").split("\n")
-    if SECTION in lines:
-        start = lines.index(SECTION)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        lines = lines[:start] + lines[end:]
-        lines = lines[:start] + section.rstrip("\n").split("\n") + [""] + lines[start:]
-    else:
-        lines += [""] + section.rstrip("\n").split("\n")
-    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 if __name__ == "__main__":

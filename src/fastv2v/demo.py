@@ -29,6 +29,8 @@ QUALITY_MARGIN_DB = 1.0
 #: The headline runs: ``(method, interval)``, None: the model file's own setting. Each runs on
 #: the model files it fits; the training-free ones once per teacher.
 HEADLINE = [("shortcut", None), ("fast", None), ("interp", 2), ("interp", 4), ("repeat", 4)]
+#: The headline runs on a shipped vid2vid (sequential) teacher: Fast-Vid2Vid's part-time teacher.
+VID2VID_HEADLINE = [("interp", 2), ("interp", 4), ("minterpolate", 4), ("repeat", 4)]
 
 
 def _models(task: str) -> tuple[list, str, bool]:
@@ -67,18 +69,27 @@ def recommend(rows: list[dict], margin: float = QUALITY_MARGIN_DB) -> dict | Non
 
 
 def run_task(task: str, out: Path, *, frames: int = DEMO_FRAMES, size=DEMO_SIZE, progress: bool = True,
-             full: bool = False) -> dict:  # fmt: skip
-    """Benchmark the task's headline pipelines; write the side-by-side video and the reports."""
+             full: bool = False, vid2vid: bool = False) -> dict:  # fmt: skip
+    """Benchmark the task's headline pipelines; write the side-by-side video and the reports.
+    ``vid2vid``: on the task's shipped vid2vid teacher instead (its folder ``<task>-vid2vid``)."""
     from fastv2v.bench import run_bench, write_report
+    from fastv2v.tasks import shipped_vid2vid
 
-    models, described, trained = _models(task)
-    folder = out / task
+    if vid2vid:
+        model = shipped_vid2vid(task)
+        models, described, trained = [model], f"shipped vid2vid teacher `{model.name}` (sequential)", True
+        headline, methods = VID2VID_HEADLINE, ("teacher", "repeat", "interp", "minterpolate")
+    else:
+        models, described, trained = _models(task)
+        headline, methods = HEADLINE, _all_methods()
+    name = f"{task}-vid2vid" if vid2vid else task
+    folder = out / name
     folder.mkdir(exist_ok=True)
     if full:
-        report = run_bench(models, f"{task}:0", methods=_all_methods(), intervals=(2, 3, 4), frames=frames,
+        report = run_bench(models, f"{task}:0", methods=methods, intervals=(2, 3, 4), frames=frames,
                            size=size, progress=progress)  # fmt: skip
     else:
-        report = run_bench(models, f"{task}:0", runs=HEADLINE, frames=frames, size=size, progress=progress)
+        report = run_bench(models, f"{task}:0", runs=headline, frames=frames, size=size, progress=progress)
     report["command"] = f"fastv2v demo{' --full' if full else ''} ({described})"
     write_report(report, folder)
     rows = report["results"]
@@ -87,8 +98,8 @@ def run_task(task: str, out: Path, *, frames: int = DEMO_FRAMES, size=DEMO_SIZE,
     video = folder / "side_by_side.mp4"
     _side_by_side(task, models, chosen, video, frames=frames, size=size)
     return {
-        "task": task, "teacher": described, "trained": trained, "video": f"{task}/{video.name}",
-        "bench": f"{task}/bench.md", "clip": report["input"].get("clip"), "frames": report["input"]["frames"],
+        "task": name, "teacher": described, "trained": trained, "video": f"{name}/{video.name}",
+        "bench": f"{name}/bench.md", "clip": report["input"].get("clip"), "frames": report["input"]["frames"],
         "teacher_e2e_fps": teacher_row["e2e_fps"], "rows": [_summary(r) for r in rows if r["method"] != "teacher"],
         "recommended": _summary(chosen) if chosen else None,
     }  # fmt: skip
@@ -144,6 +155,8 @@ def run_demo(out: Path, *, frames: int = DEMO_FRAMES, size=DEMO_SIZE, progress: 
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the demo folder {out} ({exc.strerror}); pass a writable --out.") from None
+    from fastv2v.tasks import shipped_vid2vid
+
     results, skipped = [], []
     for task in ("scenes", "edges"):
         try:
@@ -153,6 +166,8 @@ def run_demo(out: Path, *, frames: int = DEMO_FRAMES, size=DEMO_SIZE, progress: 
                 skipped.append(f"edges: {exc}")
                 continue
             raise
+        if shipped_vid2vid(task) is not None:
+            results.append(run_task(task, out, frames=frames, size=size, progress=progress, full=full, vid2vid=True))
     report = out / "report.md"
     text = _report_markdown(results, skipped, size, frames)
     report.write_text(text)

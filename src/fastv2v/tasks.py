@@ -148,6 +148,11 @@ def shipped_student(task: str) -> Path | None:
     return _shipped(task, "student")
 
 
+def shipped_vid2vid(task: str) -> Path | None:
+    """The vid2vid-architecture (sequential) teacher shipped for ``task``, or None."""
+    return _shipped(task, "vid2vid")
+
+
 def _shipped(task: str, what: str) -> Path | None:
     check_task(task)
     path = WEIGHTS_DIR / f"{task}_{what}.safetensors"
