@@ -56,15 +56,18 @@ def main() -> None:
 
     config = training.get("config", {})
     size = tuple(config.get("size") or (128, 256))
+    single = shipped_teacher(args.task)
     sequential = Pipeline.from_file(target, "teacher")
-    per_frame = Pipeline.from_file(shipped_teacher(args.task), "teacher")
-    meters = {"vid2vid": MeanMeter(), "per-frame": MeanMeter()}
+    pipelines = {"vid2vid": sequential,  # --start zeros: the first frame is the raw hallucination
+                 "vid2vid, single-G start": Pipeline.from_file(target, "teacher", start=f"model:{single}"),
+                 "per-frame": Pipeline.from_file(single, "teacher")}  # fmt: skip
+    meters = {name: MeanMeter() for name in pipelines}
     rows, per_clip = [], []
     for index in range(CLIPS):
         clip = list(heldout_clip(args.task, index, height=size[0], width=size[1], frames=FRAMES))
         labels, truth = [x for x, _ in clip], [t for _, t in clip]
         line = {"clip": f"scene-{10000 + index}"}
-        for name, pipeline in (("vid2vid", sequential), ("per-frame", per_frame)):
+        for name, pipeline in pipelines.items():
             outs = [o.output for o in drive(pipeline, labels)]
             scores = [(psnr(y, t), ssim(y, t)) for y, t in zip(outs, truth)]
             meters[name].update(psnr=float(np.mean([p for p, _ in scores])), ssim=float(np.mean([s for _, s in scores])),
@@ -79,7 +82,7 @@ def main() -> None:
 
     gen = meta["generator"]
     params = count_parameters(sequential.teacher) / 1e6
-    v, f = meters["vid2vid"], meters["per-frame"]
+    v, g, f = meters["vid2vid"], meters["vid2vid, single-G start"], meters["per-frame"]
     lines = [
         f"# Model card: `{target.name}`",
         "",
@@ -101,21 +104,22 @@ def main() -> None:
         "",
         f"## Held-out quality ({CLIPS} held-out synthetic clips, seeds 10000-{10000 + CLIPS - 1}, {FRAMES} frames each)",
         "",
-        "Run as `fastv2v translate` runs it (`--start zeros`), next to the shipped per-frame teacher "
-        f"`{args.task}_teacher.safetensors` on the same frames. Warping error: mean absolute difference of each output "
-        "from the previous one warped by the true motion (lower: less flicker).",
+        "Run as `fastv2v translate` runs it: with `--start zeros` (the default: the first frame is the raw "
+        f"hallucination) and with `--start model:{args.task}_teacher.safetensors` (vid2vid's `--use_single_G`: the "
+        f"shipped per-frame teacher makes the first {gen['n_frames_G'] - 1} outputs), next to that per-frame teacher on "
+        "the same frames. PSNR / SSIM to ground truth. Warping error: mean absolute difference of each output from "
+        "the previous one warped by the true motion (lower: less flicker).",
         "",
-        "| clip | vid2vid PSNR to ground truth (dB) | SSIM | per-frame teacher PSNR (dB) | SSIM |",
-        "|---|---|---|---|---|",
+        "| clip | vid2vid, zeros start | vid2vid, single-G start | per-frame teacher |",
+        "|---|---|---|---|",
     ]
     for line in per_clip:
-        lines.append(f"| {line['clip']} | {line['vid2vid'][0]:.2f} | {line['vid2vid'][1]:.3f} | "
-                     f"{line['per-frame'][0]:.2f} | {line['per-frame'][1]:.3f} |")  # fmt: skip
+        lines.append(f"| {line['clip']} | " + " | ".join(f"{line[n][0]:.2f} dB / {line[n][1]:.3f}" for n in pipelines)
+                     + " |")  # fmt: skip
     lines += [
-        f"| **all** | **{v.mean('psnr'):.2f}** | **{v.mean('ssim'):.3f}** | **{f.mean('psnr'):.2f}** | "
-        f"**{f.mean('ssim'):.3f}** |",
+        "| **all** | " + " | ".join(f"**{m.mean('psnr'):.2f} dB / {m.mean('ssim'):.3f}**" for m in (v, g, f)) + " |",
         "",
-        f"Warping error x10^-3: vid2vid {1000 * v.mean('warp'):.2f}, per-frame teacher {1000 * f.mean('warp'):.2f}.",
+        "Warping error x10^-3: " + ", ".join(f"{n} {1000 * m.mean('warp'):.2f}" for n, m in meters.items()) + ".",
         "",
         f"Measured by `python tools/ship_vid2vid.py --task {args.task} ...` from the stored float16 weights.",
         "",
@@ -125,8 +129,8 @@ def main() -> None:
         "",
     ]
     (WEIGHTS_DIR / f"{args.task}_vid2vid.md").write_text("\n".join(lines))
-    print(json.dumps({"weights": str(target), "psnr": v.mean("psnr"), "per_frame_psnr": f.mean("psnr"),
-                      "warp": v.mean("warp"), "per_frame_warp": f.mean("warp")}, indent=2))  # fmt: skip
+    print(json.dumps({"weights": str(target), **{n: {"psnr": m.mean("psnr"), "ssim": m.mean("ssim"),
+                                                      "warp": m.mean("warp")} for n, m in meters.items()}}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":
