@@ -6,7 +6,9 @@ benchmarks a few headline pipelines against the shipped teacher on a held-out cl
 it runs once: end-to-end and model-only speed, MACs, fidelity and flicker), picks the *recommended* one (the fastest end to end among those within
 1 dB of the best fidelity to the teacher), writes ``<task>/side_by_side.mp4`` (input | teacher |
 recommended), ``<task>/bench.md`` and a short ``report.md``. ``full=True`` benchmarks every
-registered method at intervals 2, 3 and 4 instead (many minutes).
+registered method at intervals 2, 3 and 4 instead (many minutes). Where a task ships a vid2vid
+(sequential) teacher, it gets its own row: the part-time teacher (``interp``, ``minterpolate``,
+``repeat``) against that teacher on every frame.
 
 Without shipped weights (a bare checkout before training) it uses a randomly initialised teacher
 and the training-free methods, and says so, so the pipeline itself can still be seen working.
