@@ -6,7 +6,9 @@ depend on the code they check.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +25,7 @@ from PIL import Image
 os.environ["FASTV2V_DTYPE"] = "fp32"
 # Graphs exported on the fly by --backend onnxruntime/openvino go to a cache of the test session.
 os.environ["FASTV2V_CACHE"] = tempfile.mkdtemp(prefix="fastv2v-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FASTV2V_CACHE"], ignore_errors=True)
 
 
 def synthetic_frame(index: int, size: tuple[int, int] = (32, 48)) -> np.ndarray:
