@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shlex
 import sys
 from pathlib import Path
 
-from sections import put_section
+from sections import command_line, publish
 
 HERE = Path(__file__).resolve().parent
 WEIGHTS = HERE.parent / "src" / "fastv2v" / "weights"
@@ -49,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     backends = ["torch", "onnxruntime", "openvino"]
     if native("bf16", torch.device("cpu")):
         backends.append("openvino:bf16")
-    command = "python benchmarks/runtimes.py" + "".join(
-        f" --{k} {v}" for k, v in (("frames", args.frames), ("repeats", args.repeats)) if v != p.get_default(k))
+    command = command_line("runtimes.py", p, args, ("frames", "repeats"))
     lines = [SECTION, "", f"From `{command}` on {datetime.date.today()}, backends {', '.join(backends)}; "
              "speed-ups and PSNR are against the PyTorch teacher of the same run.", ""]  # fmt: skip
     for model, methods, intervals in SUITES:
@@ -58,11 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                            repeats=args.repeats, backends=",".join(backends), progress=True)  # fmt: skip
         body = markdown(report, title=model, level=3).split("\n")
         lines += [""] + [ln for ln in body if not ln.startswith("- command:")]
-    text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    put_section(args.results_md, text)
-    print(f"wrote {args.out} and its section of {args.results_md} ({shlex.join(sys.argv)})")
+    publish("\n".join(lines) + "\n", args.out, args.results_md)
     return 0
 
 

@@ -26,6 +26,20 @@ def put_section(page: Path, text: str) -> None:
     page.write_text("\n".join(lines).rstrip("\n") + "\n")
 
 
+def command_line(script: str, parser, args, names: tuple[str, ...]) -> str:
+    """``python benchmarks/<script>`` with the options of ``names`` that differ from their defaults."""
+    given = "".join(f" --{n} {getattr(args, n)}" for n in names if getattr(args, n) != parser.get_default(n))
+    return f"python benchmarks/{script}{given}"
+
+
+def publish(text: str, out: Path, page: Path) -> None:
+    """Write the section ``text`` to ``out`` (``results/<name>.md``) and put it into ``page``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    put_section(page, text)
+    print(f"wrote {out} and its section of {page}")
+
+
 def extra_sections() -> list[str]:
     """The lines of every extra section measured so far, for the regenerated page."""
     lines: list[str] = []

@@ -16,7 +16,7 @@ import datetime
 import sys
 from pathlib import Path
 
-from sections import put_section
+from sections import command_line, publish
 
 HERE = Path(__file__).resolve().parent
 MODEL = HERE.parent / "src" / "fastv2v" / "weights" / "scenes_vid2vid.safetensors"
@@ -36,18 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     if not MODEL.exists():
         sys.exit(f"{MODEL} is not shipped in this checkout; nothing to measure.")
 
-    command = "python benchmarks/vid2vid.py" + "".join(
-        f" --{k} {v}" for k, v in (("frames", args.frames), ("repeats", args.repeats)) if v != p.get_default(k))
+    command = command_line("vid2vid.py", p, args, ("frames", "repeats"))
     report = run_bench(str(MODEL), "scenes", methods="teacher,repeat,interp,minterpolate", intervals="2,4",
                        frames=args.frames, repeats=args.repeats, progress=True)  # fmt: skip
     body = markdown(report, title=MODEL.name, level=3).split("\n")
     text = "\n".join([SECTION, "", f"From `{command}` on {datetime.date.today()}. The model card "
                       f"(`src/fastv2v/weights/{MODEL.stem}.md`) compares it with the per-frame teacher.", ""]
                      + [ln for ln in body if not ln.startswith("- command:")]) + "\n"  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    put_section(args.results_md, text)
-    print(f"wrote {args.out} and its section of {args.results_md}")
+    publish(text, args.out, args.results_md)
     return 0
 
 

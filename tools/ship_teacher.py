@@ -43,6 +43,16 @@ def held_out_frames(task: str, size: tuple[int, int]):
             yield clip.name, k, x, target
 
 
+def store_float16(source: Path, target: Path, task: str) -> dict:
+    """Copy a run's model file into the package with its float tensors as float16; returns its
+    metadata."""
+    tensors, meta = load_model_file(source)
+    target.parent.mkdir(exist_ok=True)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+    save_model(target, half, {**meta, "stored_dtype": "float16", "task": task})
+    return meta
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, choices=["scenes", "edges"])
@@ -50,12 +60,9 @@ def main() -> None:
     parser.add_argument("--command", required=True, help="the exact command(s) that trained it")
     args = parser.parse_args()
 
-    tensors, meta = load_model_file(args.run / "generator.safetensors")
-    training = meta.get("training", {})
     target = WEIGHTS_DIR / f"{args.task}_teacher.safetensors"
-    WEIGHTS_DIR.mkdir(exist_ok=True)
-    half = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
-    save_model(target, half, {**meta, "stored_dtype": "float16", "task": args.task})
+    meta = store_float16(args.run / "generator.safetensors", target, args.task)
+    training = meta.get("training", {})
 
     g = load_generator(target)
     size = tuple(training.get("config", {}).get("size") or (128, 256))

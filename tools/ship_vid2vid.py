@@ -17,7 +17,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fastv2v.checkpoint import load_model_file, save_model
 from fastv2v.data.paired import heldout_clip
 from fastv2v.demo import _visualise_input
 from fastv2v.engine.loop import drive
@@ -25,6 +24,7 @@ from fastv2v.metrics.profile import count_parameters
 from fastv2v.metrics.quality import MeanMeter, psnr, ssim
 from fastv2v.pipeline import Pipeline
 from fastv2v.tasks import WEIGHTS_DIR, shipped_teacher
+from ship_teacher import store_float16  # tools/ is the script's folder
 
 CLIPS, FRAMES, SAMPLE_AT = 4, 30, 15
 
@@ -48,11 +48,9 @@ def main() -> None:
     parser.add_argument("--command", required=True, help="the exact command(s) that trained it")
     args = parser.parse_args()
 
-    tensors, meta = load_model_file(args.run / "vid2vid.safetensors")
-    training = meta.get("training", {})
     target = WEIGHTS_DIR / f"{args.task}_vid2vid.safetensors"
-    half = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
-    save_model(target, half, {**meta, "stored_dtype": "float16", "task": args.task})
+    meta = store_float16(args.run / "vid2vid.safetensors", target, args.task)
+    training = meta.get("training", {})
 
     config = training.get("config", {})
     size = tuple(config.get("size") or (128, 256))

@@ -97,12 +97,17 @@ def default_dtype() -> str:
 
 
 def choose_dtype(dtype: str, device: torch.device, timed: Callable[[str], float], *, backend: str = "torch",
-                 quiet: bool = False) -> str:  # fmt: skip
+                 quiet: bool = False, tuned: str | None = None) -> str:  # fmt: skip
     """``dtype`` itself, or for ``auto`` the fastest precision ``device`` computes natively on
     ``backend``, measured with ``timed(precision) -> seconds`` (one model call, warmed up); fp32
-    unless a native reduced precision is at least 10 % faster. Says its choice in one line."""
+    unless a native reduced precision is at least 10 % faster. ``tuned``: the precision a model
+    file was measured at by ``fastv2v tune``, which ``auto`` keeps on PyTorch where it is native
+    (no timing). Says its choice in one line."""
     if dtype != "auto":
         return dtype
+    if tuned and backend == "torch" and (tuned == "fp32" or native(tuned, device)):
+        _say(quiet, f"--dtype auto: {tuned} (the precision the model file was tuned at)")
+        return tuned
     offered = ("bf16",) if backend == "openvino" else () if backend == "onnxruntime" else ("bf16", "fp16")
     candidates = [d for d in offered if native(d, device)]
     if not candidates:

@@ -160,8 +160,7 @@ def graph_folder(pipeline: Any, graphs: str | os.PathLike | None = None) -> Path
         export_onnx(pipeline, folder)
         return folder
     folder = cache_root() / "graphs" / f"{digest[:24]}-v{FORMAT_VERSION}"
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.exists() or not _complete(folder):
+    if not _complete(folder):  # absent, or an export cut short
         print(f"fastv2v: exporting {pipeline.path.name} to ONNX once (cached in {folder})", file=sys.stderr, flush=True)
         export_onnx(pipeline, folder)
     return folder
@@ -251,9 +250,9 @@ def on_backend(pipeline: Any, backend: str, *, dtype: str = "fp32", threads: int
     if pipeline.name in ("shortcut", "shortcut_auto"):
         from fastv2v.methods.shortcut.on_graphs import ShortcutOnGraphs
 
-        multiple = int(manifest["graphs"]["shortcut_step"]["size_multiple"]) if "shortcut_step" in manifest.get(
-            "graphs", {}) else 1  # fmt: skip
-        method = ShortcutOnGraphs(pipeline.method, graph("shortcut_key"), graph("shortcut_step"), multiple)
+        step = graph("shortcut_step")
+        multiple = int(manifest["graphs"]["shortcut_step"]["size_multiple"])
+        method = ShortcutOnGraphs(pipeline.method, graph("shortcut_key"), step, multiple)
     elif pipeline.name in ("spatial", "fast"):
         method.run = GraphStudent(graph("student"), pipeline.method.run.kernels)
     else:
@@ -279,18 +278,12 @@ def prepare(pipeline: Any, *, backend: str = "torch", dtype: str = "fp32", devic
     Returns the pipeline and the autocast precision the torch loop applies around it (``fp32``
     for graph backends: their precision is compiled into the runtime)."""
     from fastv2v.engine.translate import resolve_device
-    from fastv2v.precision import choose_dtype, native
+    from fastv2v.precision import choose_dtype
 
     backend = check_backend(backend)
     dev = resolve_device(device)
-    tuned = getattr(pipeline, "dtype", None)  # the precision `fastv2v tune` measured this file at
-    if dtype == "auto" and tuned and backend == "torch" and (tuned == "fp32" or native(tuned, dev)):
-        dtype = tuned
-        if not quiet:
-            print(f"fastv2v: --dtype auto: {tuned} (the precision the model file was tuned at)", file=sys.stderr)
-    if dtype == "auto":
-        dtype = choose_dtype(dtype, dev, _probe(pipeline, backend, dev, size, threads, graphs), backend=backend,
-                             quiet=quiet)  # fmt: skip
+    dtype = choose_dtype(dtype, dev, _probe(pipeline, backend, dev, size, threads, graphs), backend=backend,
+                         quiet=quiet, tuned=getattr(pipeline, "dtype", None))  # fmt: skip
     if backend == "torch":
         return pipeline, dtype
     return on_backend(pipeline, backend, dtype=dtype, threads=threads, device=device, graphs=graphs), "fp32"
@@ -298,27 +291,23 @@ def prepare(pipeline: Any, *, backend: str = "torch", dtype: str = "fp32", devic
 
 def _probe(pipeline: Any, backend: str, device: torch.device, size: tuple[int, int] | None, threads: int | None,
            graphs: Any):  # fmt: skip
-    """``timed(precision) -> seconds`` of one teacher call at ``size`` (default 128x256, fitted)."""
+    """``timed(precision) -> seconds`` of one teacher call at ``size`` (default 128x256, fitted);
+    nothing is prepared (no input, no graph export) until a precision is timed."""
     from fastv2v.engine.loop import autocast
     from fastv2v.precision import best_seconds
 
     teacher = pipeline.teacher
     m = int(getattr(teacher, "size_multiple", 1) or 1)
     h, w = size or (128, 256)
-    x = torch.rand(1, teacher.input_nc, max(m, h // m * m), max(m, w // m * m), device=device) * 2 - 1
-    if backend == "torch":
-        teacher.to(device)
 
-        def timed(dtype: str) -> float:
+    def timed(dtype: str) -> float:
+        x = torch.rand(1, teacher.input_nc, max(m, h // m * m), max(m, w // m * m), device=device) * 2 - 1
+        if backend == "torch":
+            model = teacher.to(device)
             with torch.inference_mode(), autocast(device, dtype):
-                return best_seconds(lambda: teacher(x))
-
-        return timed
-    folder = graph_folder(pipeline, graphs)
-
-    def timed_graph(dtype: str) -> float:
-        graph = Graph(folder / "teacher.onnx", backend, threads=int(threads or torch.get_num_threads()), dtype=dtype,
-                      device=str(device))  # fmt: skip
+                return best_seconds(lambda: model(x))
+        graph = Graph(graph_folder(pipeline, graphs) / "teacher.onnx", backend,
+                      threads=int(threads or torch.get_num_threads()), dtype=dtype, device=str(device))  # fmt: skip
         return best_seconds(lambda: graph(x=x))
 
-    return timed_graph
+    return timed
