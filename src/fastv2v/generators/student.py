@@ -66,6 +66,7 @@ __all__ = [
     "SpatialStudent",
     "build_student",
     "feature_mapping",
+    "halve_input",
     "student_from_teacher",
 ]
 
@@ -235,14 +236,7 @@ class SpatialStudent(SplitGenerator):
             self.check_size(h, w, "the model input")
         if self.scale == 1:  # a pruned student takes the input as it is
             return x
-        if self.label_nc == 0:
-            return F.avg_pool2d(x, 2)
-        one_hot = x[:, : self.label_nc]
-        score = F.avg_pool2d(one_hot, 2) * 4 + 0.5 * one_hot[:, :, ::2, ::2]
-        low = torch.zeros_like(score).scatter_(1, score.argmax(1, keepdim=True), 1.0)
-        if x.shape[1] > self.label_nc:  # the instance-boundary channel
-            low = torch.cat([low, F.max_pool2d(x[:, self.label_nc :], 2)], dim=1)
-        return low
+        return halve_input(x, self.label_nc)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -255,6 +249,21 @@ class SpatialStudent(SplitGenerator):
             return self.model(x_low)
         f = self.body(self.head(x_low))
         return self.tail(f), f
+
+
+def halve_input(x: torch.Tensor, label_nc: int = 0) -> torch.Tensor:
+    """A model input ``N x C x H x W`` at half resolution: the 2x2 average for pictures
+    (``label_nc`` 0); for label maps (one-hot in the first ``label_nc`` channels) the 2x2 mode,
+    ties to the top-left pixel, one-hot again, so a label map is never blended; channels past
+    ``label_nc`` (pix2pixHD's instance boundaries) max-pooled, so a boundary in the block survives."""
+    if label_nc == 0:
+        return F.avg_pool2d(x, 2)
+    one_hot = x[:, :label_nc]
+    score = F.avg_pool2d(one_hot, 2) * 4 + 0.5 * one_hot[:, :, ::2, ::2]
+    low = torch.zeros_like(score).scatter_(1, score.argmax(1, keepdim=True), 1.0)
+    if x.shape[1] > label_nc:
+        low = torch.cat([low, F.max_pool2d(x[:, label_nc:], 2)], dim=1)
+    return low
 
 
 def build_student(config: dict[str, Any]) -> SpatialStudent:

@@ -24,6 +24,7 @@ from torch import nn
 from fastv2v.errors import UserError
 from fastv2v.generators.base import SplitGenerator
 from fastv2v.generators.resnet import ResnetBlock
+from fastv2v.generators.student import halve_input
 
 __all__ = ["Vid2VidGenerator", "infer_vid2vid_config", "is_vid2vid_state", "resample", "run_sequence", "step",
            "vid2vid_state_dict"]  # fmt: skip
@@ -68,11 +69,11 @@ def _stem(in_nc: int, ngf: int, norm) -> list[nn.Module]:
     return [nn.ReflectionPad2d(3), nn.Conv2d(in_nc, ngf, 7), norm(ngf), nn.ReLU(True)]
 
 
-def _downs(ngf: int, n: int, norm) -> list[nn.Module]:
+def _downs(ngf: int, n: int, norm, first_stride: int = 2) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for i in range(n):
         c = ngf * 2**i
-        layers += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), norm(2 * c), nn.ReLU(True)]
+        layers += [nn.Conv2d(c, 2 * c, 3, stride=first_stride if i == 0 else 2, padding=1), norm(2 * c), nn.ReLU(True)]
     return layers
 
 
@@ -114,6 +115,13 @@ class Vid2VidGenerator(nn.Module):
     ``input_nc`` is the per-frame channel count C: ``label_nc`` (+1 with ``use_instance``) for
     label maps, the image channels for image input (``label_nc == 0``). With ``fg`` a separate
     foreground branch is pasted in where the current label frame has a class of ``fg_labels``.
+
+    ``half_input`` makes Fast-Vid2Vid's spatially low-demand student: the encoders see the label
+    frames and the previous outputs at half resolution (:func:`~fastv2v.generators.student.halve_input`)
+    and their first downsampling conv has stride 1, so every later layer runs at the sizes it
+    runs at in the full generator and the output (and the flow warp of the full-resolution
+    previous output) stays full size. Its weights have the full generator's shapes, so a
+    teacher's weights start it (:func:`fastv2v.generators.vid2vid_student.vid2vid_student`).
     """
 
     def __init__(
@@ -131,6 +139,7 @@ class Vid2VidGenerator(nn.Module):
         use_instance: bool = False,
         fg_labels: tuple[int, ...] | list[int] = (26,),
         running_stats: bool = False,
+        half_input: bool = False,
     ):
         super().__init__()
         if (use_instance and not label_nc) or (label_nc and input_nc != label_nc + int(use_instance)):
@@ -140,24 +149,28 @@ class Vid2VidGenerator(nn.Module):
             n_downsample_G=n_downsample_G, n_blocks=n_blocks, norm=norm, no_flow=no_flow, fg=fg, label_nc=label_nc,
             use_instance=use_instance, fg_labels=[int(c) for c in fg_labels], running_stats=running_stats,
         )  # fmt: skip
+        if half_input:  # only when set, so the configs of full generators stay as they were
+            self.config["half_input"] = True
+        self.half_input = half_input
         self.input_nc, self.output_nc, self.n_frames_G = input_nc, output_nc, n_frames_G
         self.label_nc, self.use_instance, self.no_flow, self.fg = label_nc, use_instance, no_flow, fg
         self.fg_labels = tuple(self.config["fg_labels"])
         self.size_multiple = 2**n_downsample_G
         norm_layer = _norm_factory(norm, running_stats)
         n, n_enc, n_mid = n_downsample_G, n_blocks - n_blocks // 2, n_blocks // 2
+        stride = 1 if half_input else 2
         labels_nc, prev_nc, dim = input_nc * n_frames_G, output_nc * (n_frames_G - 1), ngf * 2**n_downsample_G
         if fg:  # registered first, as upstream does, so the key order matches its files
             ngf_fg = ngf // 2 if n > 2 else ngf
-            self.indv_down = nn.Sequential(*_stem(labels_nc, ngf_fg, norm_layer), *_downs(ngf_fg, n, norm_layer))
+            self.indv_down = nn.Sequential(*_stem(labels_nc, ngf_fg, norm_layer), *_downs(ngf_fg, n, norm_layer, stride))
             self.indv_res = nn.Sequential(*_blocks(ngf_fg * 2**n, n_blocks, norm_layer))
             self.indv_up = nn.Sequential(*_ups(ngf_fg, n, norm_layer))
             self.indv_final = _head(ngf_fg, output_nc, nn.Tanh())
         self.model_down_seg = nn.Sequential(
-            *_stem(labels_nc, ngf, norm_layer), *_downs(ngf, n, norm_layer), *_blocks(dim, n_enc, norm_layer)
+            *_stem(labels_nc, ngf, norm_layer), *_downs(ngf, n, norm_layer, stride), *_blocks(dim, n_enc, norm_layer)
         )
         self.model_down_img = nn.Sequential(
-            *_stem(prev_nc, ngf, norm_layer), *_downs(ngf, n, norm_layer), *_blocks(dim, n_enc, norm_layer)
+            *_stem(prev_nc, ngf, norm_layer), *_downs(ngf, n, norm_layer, stride), *_blocks(dim, n_enc, norm_layer)
         )
         self.model_res_img = nn.Sequential(*_blocks(dim, n_mid, norm_layer))
         self.model_up_img = nn.Sequential(*_ups(ngf, n, norm_layer))
@@ -183,7 +196,8 @@ class Vid2VidGenerator(nn.Module):
         ``fg_labels`` of the current label frame. Without flow, ``flow``/``weight``/``flow_feat``
         are None; without fg, ``img_fg_feat`` is.
         """
-        down = self.model_down_seg(input) + self.model_down_img(img_prev)
+        seen, seen_prev = (self.halve(input), F.avg_pool2d(img_prev, 2)) if self.half_input else (input, img_prev)
+        down = self.model_down_seg(seen) + self.model_down_img(seen_prev)
         img_feat = self.model_up_img(self.model_res_img(down))
         img_raw = self.model_final_img(img_feat)
         flow = weight = flow_feat = img_fg_feat = None
@@ -196,7 +210,7 @@ class Vid2VidGenerator(nn.Module):
             warped = resample(img_prev[:, -self.output_nc :], flow)
             img_final = img_raw * weight + warped * (1 - weight)
         if self.fg:
-            img_fg_feat = self.indv_up(self.indv_res(self.indv_down(input)))
+            img_fg_feat = self.indv_up(self.indv_res(self.indv_down(seen)))
             img_fg = self.indv_final(img_fg_feat)
             if mask is None:
                 mask = self.foreground_mask(input)
@@ -204,6 +218,12 @@ class Vid2VidGenerator(nn.Module):
             img_final = img_fg * mask + img_final * (1 - mask)
             img_raw = img_fg * mask + img_raw * (1 - mask)
         return img_final, flow, weight, img_raw, img_feat, flow_feat, img_fg_feat
+
+    def halve(self, input: torch.Tensor) -> torch.Tensor:
+        """The ``tG`` stacked input frames at half resolution, each as a model input is halved."""
+        n, _, h, w = input.shape
+        frames = input.reshape(n * self.n_frames_G, self.input_nc, h, w)
+        return halve_input(frames, self.label_nc).reshape(n, -1, h // 2, w // 2)
 
     def foreground_mask(self, input: torch.Tensor) -> torch.Tensor:
         """``N x 1 x H x W``: where the current (last) label frame has one of ``fg_labels``."""
