@@ -144,4 +144,4 @@ def test_other_methods_name_the_sequential_ones(model, tmp_path, capsys, make_im
     code, _, err = run(["translate", folder, tmp_path / "o.mp4", "--model", model, "--method", "reuse", "--quiet"],
                        capsys)  # fmt: skip
     assert code == 2 and "Traceback" not in err
-    assert "use --method teacher, interp, minterpolate or repeat for now" in err
+    assert "use --method teacher, interp, minterpolate, repeat, spatial or fast for now" in err

@@ -482,6 +482,8 @@ def cmd_distill_shortcut(args: argparse.Namespace) -> int:
 def cmd_distill_student(args: argparse.Namespace) -> int:
     from fastv2v.train.student import StudentTrainingConfig, distill_student
 
+    if _vid2vid_teacher(args):
+        return _distill_vid2vid_student(args)
     teacher = _distillation_teacher(args)
     h, w = args.size
     config = StudentTrainingConfig(
@@ -494,6 +496,48 @@ def cmd_distill_student(args: argparse.Namespace) -> int:
         cache_teacher=args.cache_teacher,
     )  # fmt: skip
     return _run_distillation(args, config, distill_student)
+
+
+def _vid2vid_teacher(args: argparse.Namespace) -> bool:
+    """Whether ``--teacher`` is a vid2vid (sequential) generator file."""
+    from fastv2v.models import load_model
+    from fastv2v.pipeline import is_sequential
+
+    return args.teacher is not None and is_sequential(getattr(m := load_model(args.teacher), "teacher", m))
+
+
+#: distill student options that a per-frame student has and a vid2vid one does not, with their defaults
+_PER_FRAME_STUDENT = {"body": "inverted", "expansion": 2, "blocks": None, "motion_weight": 1.0, "gan_weight": 1.0,
+                      "temporal": False, "cache_teacher": False, "data": None}  # fmt: skip
+
+
+def _distill_vid2vid_student(args: argparse.Namespace) -> int:
+    """Fast-Vid2Vid's own setting: a sequential student of a vid2vid teacher, half input, narrower."""
+    import torch
+
+    from fastv2v.distributed import is_main_process
+    from fastv2v.train.vid2vid_student import Vid2VidStudentConfig, distill_vid2vid_student
+
+    given = [name for name, default in _PER_FRAME_STUDENT.items() if getattr(args, name) != default]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise UserError(f"{flag} applies to per-frame teachers; a vid2vid teacher's student takes --width (its ngf), "
+                        "--interval, --max-gap, --rollout, --starts, --clips and --init on --task scenes.")  # fmt: skip
+    if args.task not in (None, "scenes"):
+        raise UserError(f"vid2vid students distil on --task scenes for now, not {args.task}.")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = Vid2VidStudentConfig(
+        teacher=str(args.teacher), out_dir=args.out, ngf=args.width, interval=args.interval, max_gap=args.max_gap,
+        rollout=args.rollout, starts=args.starts, init=args.init, clips=args.clips, size=tuple(args.size or (128, 256)), batch=args.batch, steps=args.steps,
+        decay_steps=args.decay_steps, lr=args.lr, vgg_weights=args.vgg_weights,
+        checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, seed=args.seed, resume=args.resume,
+        force=args.force, device=args.device, num_workers=args.workers, precision=args.precision,
+    )  # fmt: skip
+    export = distill_vid2vid_student(config, progress=not args.quiet, max_steps=args.max_steps)
+    if is_main_process():
+        print(f"wrote {export} (checkpoint, samples, log and the teacher's outputs in {args.out})")
+    return 0
 
 
 def _add_distillation_options(p: argparse.ArgumentParser, export: str) -> None:
@@ -802,13 +846,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_distill_shortcut)
 
     p = distill.add_parser("student", help="train a Fast-Vid2Vid spatial student (half-resolution input, cheap "
-                           "body) for a frozen teacher; writes one model file with teacher and student")  # fmt: skip
+                           "body) for a frozen teacher; writes one model file with teacher and student. A vid2vid "
+                           "teacher gets a sequential student (its own architecture, half input, --width as its "
+                           "ngf), distilled part-time on --task scenes")  # fmt: skip
     p.add_argument("--body", default="inverted", choices=["inverted", "resnet", "pruned"], help="inverted: "
                    "inverted-residual blocks on the half-size input (cheap, the default); resnet: the teacher's own "
                    "body (only the input is halved); pruned: the teacher's layers at --width base channels on the "
                    "full-size input, started from the teacher's strongest channels")  # fmt: skip
     p.add_argument("--width", type=int, default=None, help="inverted body width (default: 2 ngf, the teacher's "
-                   "feature channels); pruned: the base width (e.g. 16 for an ngf-32 teacher)")  # fmt: skip
+                   "feature channels); pruned: the base width (e.g. 16 for an ngf-32 teacher); vid2vid teacher: the student's "
+                   "ngf (default half the teacher's)")  # fmt: skip
     p.add_argument("--expansion", type=int, default=2, help="inverted blocks' expansion (default 2)")
     p.add_argument("--blocks", type=int, default=None, help="inverted blocks (default 4)")
     p.add_argument("--interval", type=int, default=4, help="key-frame interval of --method fast stored in the "
@@ -819,7 +866,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "discriminator at all, fidelity to the teacher only)")  # fmt: skip
     p.add_argument("--temporal", action="store_true", help="also part-time (temporal) distillation on pairs up to "
                    "--max-gap frames apart (student on both frames; twice the step time)")  # fmt: skip
-    p.add_argument("--max-gap", type=int, default=None, help="--temporal: largest pair gap (default 3)")
+    p.add_argument("--max-gap", type=int, default=None, help="--temporal: largest pair gap (default 3); vid2vid "
+                   "teacher: largest key gap trained (default --interval)")  # fmt: skip
+    p.add_argument("--rollout", type=int, default=3, help="vid2vid teacher: frames the student makes in a row per "
+                   "sample, each from its own previous outputs (default 3)")  # fmt: skip
+    p.add_argument("--starts", type=int, default=8, help="vid2vid teacher: extra samples per clip and key gap that "
+                   "begin at the video's first frame, whose error every later frame inherits (default 8)")  # fmt: skip
     p.add_argument("--init", default=None, metavar="STUDENT", help="start from the student in this model file "
                    "(same teacher and student settings) instead of the teacher's layers: a warm start")  # fmt: skip
     _add_distillation_options(p, "student.safetensors")

@@ -8,7 +8,7 @@ it runs once: end-to-end and model-only speed, MACs, fidelity and flicker), pick
 recommended), ``<task>/bench.md`` and a short ``report.md``. ``full=True`` benchmarks every
 registered method at intervals 2, 3 and 4 instead (many minutes). Where a task ships a vid2vid
 (sequential) teacher, it gets its own row: the part-time teacher (``interp``, ``minterpolate``,
-``repeat``) against that teacher on every frame.
+``repeat``) and, with its shipped sequential student, ``fast``, against that teacher on every frame.
 
 Without shipped weights (a bare checkout before training) it uses a randomly initialised teacher
 and the training-free methods, and says so, so the pipeline itself can still be seen working.
@@ -31,8 +31,9 @@ QUALITY_MARGIN_DB = 1.0
 #: The headline runs: ``(method, interval)``, None: the model file's own setting. Each runs on
 #: the model files it fits; the training-free ones once per teacher.
 HEADLINE = [("shortcut", None), ("fast", None), ("interp", 2), ("interp", 4), ("repeat", 4)]
-#: The headline runs on a shipped vid2vid (sequential) teacher: Fast-Vid2Vid's part-time teacher.
-VID2VID_HEADLINE = [("interp", 2), ("interp", 4), ("minterpolate", 4), ("repeat", 4)]
+#: The headline runs on a shipped vid2vid (sequential) teacher: Fast-Vid2Vid's part-time teacher,
+#: and ``fast`` with the teacher's sequential student where one is shipped.
+VID2VID_HEADLINE = [("fast", None), ("interp", 2), ("interp", 4), ("minterpolate", 4), ("repeat", 4)]
 
 
 def _models(task: str) -> tuple[list, str, bool]:
@@ -75,12 +76,13 @@ def run_task(task: str, out: Path, *, frames: int = DEMO_FRAMES, size=DEMO_SIZE,
     """Benchmark the task's headline pipelines; write the side-by-side video and the reports.
     ``vid2vid``: on the task's shipped vid2vid teacher instead (its folder ``<task>-vid2vid``)."""
     from fastv2v.bench import run_bench, write_report
-    from fastv2v.tasks import shipped_vid2vid
+    from fastv2v.tasks import shipped_vid2vid, shipped_vid2vid_student
 
     if vid2vid:
-        model = shipped_vid2vid(task)
-        models, described, trained = [model], f"shipped vid2vid teacher `{model.name}` (sequential)", True
-        headline, methods = VID2VID_HEADLINE, ("teacher", "repeat", "interp", "minterpolate")
+        model, student = shipped_vid2vid(task), shipped_vid2vid_student(task)
+        models, described, trained = [student or model], f"shipped vid2vid teacher `{model.name}` (sequential)", True
+        headline = [run for run in VID2VID_HEADLINE if student is not None or run[0] != "fast"]
+        methods = ("teacher", "repeat", "interp", "minterpolate") + (("spatial", "fast") if student else ())
     else:
         models, described, trained = _models(task)
         headline, methods = HEADLINE, _all_methods()

@@ -153,6 +153,11 @@ def shipped_vid2vid(task: str) -> Path | None:
     return _shipped(task, "vid2vid")
 
 
+def shipped_vid2vid_student(task: str) -> Path | None:
+    """The Fast-Vid2Vid student model of the shipped vid2vid teacher (teacher + sequential student), or None."""
+    return _shipped(task, "vid2vid_student")
+
+
 def _shipped(task: str, what: str) -> Path | None:
     check_task(task)
     path = WEIGHTS_DIR / f"{task}_{what}.safetensors"

@@ -1,6 +1,7 @@
 """The Fast-Vid2Vid student model file: the teacher, the distilled spatial student and the
 default key-frame interval of ``fast`` in one self-describing ``.safetensors`` (kind
-``student``, part ``student``; the format is :mod:`fastv2v.bundle`'s). The engine encodes
+``student``, part ``student``; the format is :mod:`fastv2v.bundle`'s). The student of a vid2vid
+teacher is itself a (half-input, narrower) vid2vid generator (:mod:`fastv2v.generators.vid2vid_student`). The engine encodes
 frames with the teacher's ``encode_input``; the benchmark judges the student against that very
 teacher.
 """
@@ -33,7 +34,11 @@ def check_compatible(teacher: SplitGenerator, student: SpatialStudent, source: A
     mine = (student.input_nc, student.output_nc, student.label_nc, bool(student.use_instance))
     theirs = (teacher.input_nc, teacher.output_nc, teacher.label_nc, bool(getattr(teacher, "use_instance", False)))
     ngf = student.config.get("ngf"), teacher.config.get("ngf")
-    if ngf[0] != ngf[1]:  # a student is always built with its teacher's ngf (a pruned one's weights do not show it)
+    sequential = student.config.get("arch") == "vid2vid"  # a vid2vid student's ngf is its own (pruned) width
+    if sequential != (teacher.config.get("arch") == "vid2vid"):
+        raise UserError(f"{source} and the teacher must both be vid2vid (sequential) generators or both per-frame "
+                        "ones; the student and the teacher do not belong together.")  # fmt: skip
+    if ngf[0] != ngf[1] and not sequential:  # a student is always built with its teacher's ngf (a pruned one's weights do not show it)
         raise UserError(f"{source} says it was made for a teacher of ngf {ngf[0]}, but the teacher has ngf {ngf[1]}; "
                         "the student and the teacher do not belong together.")  # fmt: skip
     if mine != theirs:
@@ -80,7 +85,7 @@ def load_student(
     try:
         parts = build_parts(path, tensors, {
             "teacher": lambda: build_generator(config["generator"]["arch"], **config["generator"]),
-            "student": lambda: build_student(config["student"]),
+            "student": lambda: _build_student(config["student"]),
         })  # fmt: skip
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path} is damaged: its configuration cannot be built ({exc}).") from None
@@ -92,6 +97,13 @@ def load_student(
     if teacher is not None:
         check_teacher(model, teacher, path)
     return model.eval().to(device)
+
+
+def _build_student(config: dict) -> nn.Module:
+    """A per-frame :class:`SpatialStudent`, or a vid2vid teacher's sequential student."""
+    if config.get("arch") == "vid2vid":
+        return build_generator("vid2vid", **config)
+    return build_student(config)
 
 
 def check_teacher(model: StudentModel, teacher: SplitGenerator, source: Any) -> None:

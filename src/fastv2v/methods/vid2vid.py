@@ -29,6 +29,12 @@ before the video; a seeded start makes frames ``0 .. tG-2`` key frames whose out
 So the key outputs equal ``run_sequence(g, [k0] * (tG-1) + key_frames)`` (zeros), and with every
 frame a key frame (interval 1) each method equals ``teacher`` exactly. The teacher's state
 advances at key frames only and is part of the method's per-video state.
+
+Fast-Vid2Vid's own methods run a student model file distilled from a vid2vid teacher (its
+student a sequential, half-input, narrower vid2vid generator:
+:mod:`fastv2v.generators.vid2vid_student`): ``spatial`` is that student's own loop on every
+frame; ``fast`` runs it on the key-frame subsequence exactly as the part-time teacher above runs
+the teacher, with interpolation between. At interval 1 ``fast`` equals ``spatial``.
 """
 
 from __future__ import annotations
@@ -42,10 +48,14 @@ import numpy as np
 import torch
 
 from fastv2v.errors import UserError
+from fastv2v.generators.loading import teacher_of
 from fastv2v.generators.vid2vid import Vid2VidGenerator, step
 from fastv2v.methods.base import Repeat, whole_interval
 from fastv2v.methods.interpolate import BufferedState, Interp, MInterpolate, _Frame
 from fastv2v.methods.schedules import FixedKeys
+from fastv2v.methods.student_model import DEFAULT_INTERVAL as DEFAULT_STUDENT_INTERVAL
+from fastv2v.methods.student_model import KIND as STUDENT
+from fastv2v.metrics.profile import count_parameters
 
 START_HELP = "zeros, video:PATH or model:PATH"
 
@@ -61,7 +71,8 @@ class Vid2VidState:
 
 class Vid2VidTeacher:
     """The teacher method for a :class:`Vid2VidGenerator`: the official loop, one frame per call
-    (not ``batchable``: frame t needs the output of frame t-1)."""
+    (not ``batchable``: frame t needs the output of frame t-1). ``generator`` is the sequential
+    generator it runs: the teacher here, the student for :class:`Vid2VidSpatial`."""
 
     name = "teacher"
     uses_interval = False
@@ -71,12 +82,14 @@ class Vid2VidTeacher:
     SETTINGS = ("start",)
 
     def __init__(self, teacher: Vid2VidGenerator, start: str = "zeros", seed: Any = None):
-        self.teacher, self.start = teacher, start
+        self.generator, self.start = teacher, start
         self.seed = seed  # video: the real frames (uint8); model: the per-frame generator; zeros: None
 
     @classmethod
-    def from_model(cls, model: Vid2VidGenerator, *, start: str | None = None) -> "Vid2VidTeacher":
-        return cls(model, *_start(start, model))
+    def from_model(cls, model: Any, *, start: str | None = None) -> "Vid2VidTeacher":
+        """From a vid2vid generator, or the teacher of a student model file made from one."""
+        teacher = teacher_of(model)
+        return cls(teacher, *_start(start, teacher))
 
     def settings(self) -> dict[str, Any]:
         return {"start": self.start}
@@ -87,7 +100,7 @@ class Vid2VidTeacher:
     @property
     def seeded(self) -> int:
         """How many first frames a seeded start gives the outputs of (``tG-1``; 0 for zeros)."""
-        return 0 if self.seed is None else self.teacher.n_frames_G - 1
+        return 0 if self.seed is None else self.generator.n_frames_G - 1
 
     def push(self, x: torch.Tensor, state: Vid2VidState) -> tuple[list[tuple[torch.Tensor, bool]], Vid2VidState]:
         ready = []
@@ -100,7 +113,7 @@ class Vid2VidTeacher:
         return []
 
     def _next(self, x: torch.Tensor, state: Vid2VidState) -> tuple[torch.Tensor, bool, Vid2VidState]:
-        t_g = self.teacher.n_frames_G
+        t_g = self.generator.n_frames_G
         if state.window is None:  # zeros: the first frame stands in for the frames before the video
             window = x.expand(t_g, *x.shape[1:]) if self.seed is None else x
         else:
@@ -109,7 +122,7 @@ class Vid2VidTeacher:
             y, key = self._seed_frame(x, window.shape[0] - 1)
             previous = y if state.previous is None else torch.cat([state.previous, y])
             return y, key, Vid2VidState(window, previous)
-        frame, previous = step(self.teacher, window, state.previous)
+        frame, previous = step(self.generator, window, state.previous)
         return frame.unsqueeze(0), True, Vid2VidState(window[1:], previous)
 
     def _seed_frame(self, x: torch.Tensor, index: int) -> tuple[torch.Tensor, bool]:
@@ -199,10 +212,11 @@ class SequentialKeyframes:
         self.sequence = Vid2VidTeacher(teacher, start, seed)
 
     @classmethod
-    def from_model(cls, model: Vid2VidGenerator, *, interval: int | None = None, keyframes: Any = None,
+    def from_model(cls, model: Any, *, interval: int | None = None, keyframes: Any = None,
                    start: str | None = None):  # fmt: skip
-        start, seed = _start(start, model)
-        return cls(model, whole_interval(interval, cls.DEFAULT_INTERVAL), keyframes, start=start, seed=seed)
+        teacher = teacher_of(model)
+        start, seed = _start(start, teacher)
+        return cls(teacher, whole_interval(interval, cls.DEFAULT_INTERVAL), keyframes, start=start, seed=seed)
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "start": self.start}
@@ -275,9 +289,10 @@ class Vid2VidRepeat:
         self.sequence = Vid2VidTeacher(teacher, start, seed)
 
     @classmethod
-    def from_model(cls, model: Vid2VidGenerator, *, interval: int | None = None,
+    def from_model(cls, model: Any, *, interval: int | None = None,
                    start: str | None = None) -> "Vid2VidRepeat":  # fmt: skip
-        return cls(model, whole_interval(interval, cls.DEFAULT_INTERVAL), *_start(start, model))
+        teacher = teacher_of(model)
+        return cls(teacher, whole_interval(interval, cls.DEFAULT_INTERVAL), *_start(start, teacher))
 
     @property
     def interval(self) -> int:
@@ -309,5 +324,78 @@ class Vid2VidRepeat:
         return {"sequential": f"sequential vid2vid teacher on the key frames only, started with {self.start}"}
 
 
+# ---------------------------------------------------------------------------------------------
+# Fast-Vid2Vid on a vid2vid teacher: its sequential student (a student model file)
+
+
+class Vid2VidSpatial(Vid2VidTeacher):
+    """``spatial`` on a vid2vid teacher: the distilled sequential student
+    (:mod:`fastv2v.generators.vid2vid_student`: half-resolution input, narrower) in the official
+    loop on every frame, feeding back its own outputs; the teacher only encodes and judges."""
+
+    name = "spatial"
+    model_kind = STUDENT
+
+    def __init__(self, teacher: Vid2VidGenerator, student: Vid2VidGenerator, start: str = "zeros", seed: Any = None):
+        super().__init__(student, start, seed)
+        self.student = student
+
+    @classmethod
+    def from_model(cls, model: Any, *, start: str | None = None) -> "Vid2VidSpatial":
+        return cls(model.teacher, _student_of(model, cls.name), *_start(start, model.teacher))
+
+    def parameter_count(self) -> int:
+        return count_parameters(self.student)
+
+    def bench_notes(self) -> dict[str, str]:
+        return {"sequential": f"sequential vid2vid student on every frame, started with {self.start}"}
+
+
+class Vid2VidFast(SequentialKeyframes, Interp):
+    """``fast`` on a vid2vid teacher: Fast-Vid2Vid's own setting. The sequential student runs on
+    the key-frame subsequence (its window the last ``tG-1`` key inputs, its previous outputs the
+    last ``tG-1`` key outputs: the part-time student it was distilled as), and optical-flow
+    interpolation makes the frames between, as :class:`~fastv2v.methods.student.Fast` does
+    (flow between the two key frames, DIS ``fast`` preset)."""
+
+    name = "fast"
+    model_kind = STUDENT
+    DEFAULT_INTERVAL = DEFAULT_STUDENT_INTERVAL
+
+    def __init__(self, teacher: Vid2VidGenerator, interval: int = DEFAULT_STUDENT_INTERVAL, keyframes: Any = None, *,
+                 student: Vid2VidGenerator, start: str = "zeros", seed: Any = None, **options: Any):  # fmt: skip
+        options.setdefault("flow", "keys")
+        options.setdefault("preset", "fast")
+        super().__init__(teacher, interval, keyframes, start=start, seed=seed, **options)
+        self.student = student
+        self.sequence = Vid2VidTeacher(student, start, seed)
+
+    @classmethod
+    def from_model(cls, model: Any, *, interval: int | None = None, keyframes: Any = None,
+                   start: str | None = None) -> "Vid2VidFast":  # fmt: skip
+        student = _student_of(model, cls.name)
+        start, seed = _start(start, model.teacher)
+        return cls(model.teacher, whole_interval(interval, model.interval), keyframes, student=student, start=start,
+                   seed=seed)  # fmt: skip
+
+    def parameter_count(self) -> int:
+        return count_parameters(self.student)
+
+    def bench_notes(self) -> dict[str, str]:
+        return {**Interp.bench_notes(self), "sequential": (
+            f"sequential vid2vid student on the key frames only (its window and previous outputs are the "
+            f"previous key frames'), started with {self.start}")}  # fmt: skip
+
+
+def _student_of(model: Any, name: str) -> Vid2VidGenerator:
+    """The sequential student of a student model file made from a vid2vid teacher."""
+    student = getattr(model, "student", None)
+    if not isinstance(student, Vid2VidGenerator):
+        raise UserError(f"--method {name} on a vid2vid teacher needs a student distilled from it (made by "
+                        "`fastv2v distill student --teacher` with the vid2vid file); pass that file with --model.")  # fmt: skip
+    return student
+
+
 #: The methods that run a sequential (vid2vid) teacher, by name.
-SEQUENTIAL: dict[str, type] = {m.name: m for m in (Vid2VidTeacher, Vid2VidInterp, Vid2VidMInterpolate, Vid2VidRepeat)}
+SEQUENTIAL: dict[str, type] = {m.name: m for m in (Vid2VidTeacher, Vid2VidInterp, Vid2VidMInterpolate, Vid2VidRepeat,
+                                                  Vid2VidSpatial, Vid2VidFast)}  # fmt: skip
