@@ -163,16 +163,26 @@ def test_distill_writes_a_student_that_translate_runs(tmp_path, capsys):
                                n_frames_G=2, norm="instance")  # fmt: skip
     save_generator(tmp_path / "v2v.safetensors", teacher)
     out = tmp_path / "run"
-    args = ["distill", "student", "--teacher", tmp_path / "v2v.safetensors", "--task", "scenes", "--clips", 1,
-            "--size", "32x64", "--batch", 2, "--steps", 2, "--interval", 2, "--out", out, "--quiet"]  # fmt: skip
-    code, stdout, err = run(args, capsys)
+    base = ["distill", "student", "--teacher", tmp_path / "v2v.safetensors", "--task", "scenes", "--clips", 1,
+            "--size", "32x64", "--batch", 2, "--interval", 2, "--quiet"]  # fmt: skip
+    code, _, err = run(base + ["--steps", 2, "--out", out], capsys)
     assert code == 0, err
     model = load_student(out / "student.safetensors")
     assert model.student.config["ngf"] == 2 and model.interval == 2
     manifest = json.loads((out / "cache" / "vid2vid-teacher" / "manifest.json").read_text())
     assert manifest["clips"] == 1 and manifest["size"] == [32, 64]
-    code, _, err = run(args[:-3] + ["--body", "resnet", "--out", tmp_path / "other"], capsys)
+    code, _, err = run(base + ["--body", "resnet", "--out", tmp_path / "other"], capsys)
     assert code == 2 and "--body applies to per-frame teachers" in err and "Traceback" not in err
+    code, _, err = run(base + ["--width", 3, "--init", out / "student.safetensors", "--out", tmp_path / "w"], capsys)
+    assert code == 2 and "holds a student of ngf 2" in err and "asks for ngf 3" in err and "Traceback" not in err
+
+    # stopped after 2 of 4 steps and resumed, the run ends where an unbroken one does
+    for extra in (["--max-steps", 2, "--out", tmp_path / "a"], ["--resume", "--out", tmp_path / "a"],
+                  ["--out", tmp_path / "b"]):  # fmt: skip
+        code, _, err = run(base + ["--steps", 4] + extra, capsys)
+        assert code == 0, err
+    resumed, unbroken = (load_student(tmp_path / r / "student.safetensors").student for r in "ab")
+    assert all(torch.equal(x, y) for x, y in zip(resumed.state_dict().values(), unbroken.state_dict().values()))
 
 
 def test_samples_walk_clips_gaps_and_frames(tmp_path):
