@@ -20,7 +20,7 @@ REQUIRED = {
     "ms_per_frame": float, "speedup_vs_teacher": float, "e2e_fps": float, "psnr_vs_teacher": (float, type(None)),
     "ssim_vs_teacher": float, "psnr_vs_teacher_nonkey": (float, type(None)),
     "ssim_vs_teacher_nonkey": (float, type(None)), "warp_error": float, "peak_mem_mb": float, "model": str,
-    "keyframes": int, "frames": int, "notes": dict,
+    "keyframes": int, "frames": int, "notes": dict, "runtime": str, "precision": str,
 }  # fmt: skip
 
 
@@ -269,3 +269,14 @@ def test_speed_front_interpolation_and_margins(tmp_path):
     no_e2e = [dict(r, e2e_speedup_vs_teacher=None) for r in rows]
     assert not speed_front(no_e2e, tmp_path / "none.png", "no e2e") and not (tmp_path / "none.png").exists()
     assert all(line.startswith("- not in the figure:") for line in front_lines(no_e2e))
+
+
+def test_a_teacher_two_model_files_share_is_measured_once(scenes_teacher, tmp_path):
+    import shutil
+
+    twin = tmp_path / "twin.safetensors"
+    shutil.copyfile(scenes_teacher, twin)
+    report = run_bench([scenes_teacher, twin], "scenes", methods="teacher", size=(32, 32), frames=3, e2e=False)
+    first, second = report["results"]
+    assert "shared_with" not in first and second["shared_with"] == first["model"] != second["model"]
+    assert second["ms_per_frame"] == first["ms_per_frame"] and first["precision"] == "fp32"

@@ -204,15 +204,14 @@ def _measure_clip(models, clip, runs, bench: dict, left, found: dict, skipped: l
         rows = report["results"]
         teachers = {r["model"]: r for r in rows if r["method"] == "teacher" and r["runtime"] == reference}
         for row in rows:
-            if row["method"] == "teacher" and (row["runtime"] == reference or "measured once" in row["notes"].get("model", "")):
+            if row["method"] == "teacher" and (row["runtime"] == reference or row.get("shared_with")):
                 continue  # the reference itself, or a teacher shared by two model files (one candidate is enough)
             base = teachers.get(row["model"], {}).get("e2e_ms_per_frame")
             if row.get("e2e_ms_per_frame") is None or base is None:
                 skipped.append(f"{row['model']} {row['method']}@{row['interval']} on {clip}: "
                                f"{row['notes'].get('e2e_fps', 'no end-to-end time')}")  # fmt: skip
                 continue
-            dtype = row["runtime"].split()[-1]
-            key = (row["model"], row["method"], json.dumps(row.get("settings") or {}, sort_keys=True), dtype)
+            key = (row["model"], row["method"], json.dumps(row.get("settings") or {}, sort_keys=True), row["precision"])
             found[key] = (row, base / 1000)
         skipped += [f"{s['model']} {s['method']}: {s['reason']}" for s in report["skipped"]
                     if "reported under" not in s["reason"] and "needs a trained" not in s["reason"]]  # fmt: skip

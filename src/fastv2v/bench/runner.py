@@ -590,7 +590,7 @@ def _bench_model(
             continue
         if name == "teacher" and fingerprint in teachers:
             first, teacher_outs, motion, described = teachers[fingerprint]
-            teacher_row = {**first, "model": entry.label, "notes": {**first["notes"], "model": (
+            teacher_row = {**first, "model": entry.label, "shared_with": first["model"], "notes": {**first["notes"], "model": (
                 f"the teacher run of {first['model']}, which carries the same teacher weights (measured once)")}}
             if runtime == references[fingerprint[:2]][2]:
                 report["models"].append({**described, "model": entry.label, "kind": entry.kind,
@@ -625,7 +625,8 @@ def _bench_model(
         n = len(frames)
         row: dict[str, Any] = {
             "model": entry.label, "method": name, "interval": 1 if name == "teacher" else _interval_of(pipeline, interval),
-            "settings": pipeline.settings, "runtime": runtime, "frames": n, "keyframes": int(sum(keys)),
+            "settings": pipeline.settings, "runtime": runtime, "precision": entry.runtime[1] or dtype, "frames": n,
+            "keyframes": int(sum(keys)),
         }  # fmt: skip
         if on_graphs:
             notes["macs_per_frame"] = f"counted on the torch pipeline; {entry.runtime[0]} runs the same graphs' ops"
