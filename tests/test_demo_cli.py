@@ -63,6 +63,9 @@ def test_profile_method_reports_non_key_ratio(capsys):
                  "--hidden", "8"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "shortcut non-key frame:" in out and "x paper" in out and "key frame: teacher +" in out
+    assert main(["profile", "--arch", "resnet_6blocks", "--size", "32x64", "--ngf", "8", "--method", "spatial"]) == 0
+    own = next(line for line in capsys.readouterr().out.splitlines() if "of its own" in line)
+    assert float(own.split()[1]) > 0 and "instead of the teacher's" in own  # the student, not student - teacher
 
 
 def test_recommend_is_the_fastest_within_a_db_of_the_best():

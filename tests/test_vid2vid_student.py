@@ -210,3 +210,11 @@ def test_samples_walk_clips_gaps_and_frames(tmp_path):
         (0, 1, 7), (0, 1, 0), (0, 1, 0), (0, 2, 0), (1, 1, 0)]  # two more first-frame samples per gap  # fmt: skip
     with pytest.raises(Exception, match="lower --max-gap"):
         TeacherSequences(tmp_path, clips=1, frames_per_clip=4, frames_g=3, gaps=2, label_nc=4, rollout=3)
+
+
+def test_profile_reports_the_teacher_and_its_student(student_file, capsys):
+    code, out, err = run(["profile", "--model", student_file, "--size", f"{H}x{W}"], capsys)
+    assert code == 0, err
+    assert "vid2vid (ngf 8" in out and "MACs per frame:" in out
+    student = next(line for line in out.splitlines() if line.startswith("student ("))
+    assert "exact" in student and "paper MACs per call" in student and "teacher / student = " in student

@@ -213,8 +213,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from fastv2v.metrics.profile import format_gmacs, profile
 
     _check_profile_options(args)
+    model = None
     if args.model:
-        generator = load_generator(args.model, arch=args.arch)
+        from fastv2v.generators.loading import teacher_of
+        from fastv2v.models import load_model
+
+        model = load_model(args.model, arch=args.arch)
+        generator = teacher_of(model)  # a distilled model file: its teacher, then its trained part below
     else:
         config = {"ngf": args.ngf, "input_nc": args.input_nc, "output_nc": args.output_nc}
         if args.label_nc:
@@ -229,8 +234,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
     print(f"{name} (ngf {generator.config['ngf']}, {generator.input_nc}->{generator.output_nc} channels) at {h}x{w}")
     print(f"parameters: {result.params / 1e6:.2f} M")
     print(f"MACs per frame: {format_gmacs(result.macs_exact)} exact, {format_gmacs(result.macs_paper)} paper")
-    if args.method:
-        _profile_method(args, generator, torch.zeros(1, generator.input_nc, h, w), result)
+    if getattr(model, "student", None) is not None:
+        student = profile(model.student, *_profile_inputs(generator, h, w))
+        print(f"student ({args.model}): {student.params / 1e6:.3f} M parameters, {format_gmacs(student.macs_exact)} "
+              f"exact, {format_gmacs(student.macs_paper)} paper MACs per call; teacher / student = "
+              f"{result.macs_exact / student.macs_exact:.2f}x exact, {result.macs_paper / student.macs_paper:.2f}x paper")  # fmt: skip
+    if args.method or getattr(model, "block", None) is not None:
+        _profile_method(args, generator if model is None else model, torch.zeros(1, generator.input_nc, h, w), result)
     print("  exact: true multiply-adds; paper: transposed convs counted at output size (thop/torchprofile, published tables)")
     return 0
 
@@ -261,19 +271,28 @@ def _check_profile_options(args: argparse.Namespace) -> None:
         raise UserError(f"--hidden must be a multiple of 4 (the block's HetConv groups), not {args.hidden}.")
 
 
-def _profile_method(args: argparse.Namespace, generator, x, teacher) -> None:
-    """A method's non-key frame (and key-frame extra) against the teacher's frame."""
+def _profile_method(args: argparse.Namespace, model, x, teacher) -> None:
+    """A method's non-key frame (and key-frame extra) against the teacher's frame: on a plain
+    generator with untrained parts (costs do not depend on weights), on a Shortcut-V2V file with
+    its trained block (``--method`` default ``shortcut``)."""
+    from fastv2v.generators.loading import teacher_of
     from fastv2v.metrics.profile import count_parameters, format_gmacs, profile
     from fastv2v.pipeline import Pipeline
 
-    settings = {"hidden": args.hidden} if args.method == "shortcut" else {}
-    method = Pipeline.untrained(generator, args.method, **settings).method
+    generator = teacher_of(model)
+    if model is not generator:
+        args.method = args.method or "shortcut"
+        method = Pipeline.from_model(model, args.method).method
+    else:
+        settings = {"hidden": args.hidden} if args.method == "shortcut" else {}
+        method = Pipeline.untrained(generator, args.method, **settings).method
     path = method.non_key_path()
     if path is None:
         raise UserError(f"method {args.method!r} has no separate non-key frame to profile.")
     nonkey = profile(path, x)
-    own = count_parameters(method) - count_parameters(generator)
-    print(f"{args.method}: {own / 1e6:.3f} M parameters of its own")
+    replaces = callable(getattr(method, "parameter_count", None))  # a student runs instead of the teacher
+    own = method.parameter_count() if replaces else count_parameters(method) - count_parameters(generator)
+    print(f"{args.method}: {own / 1e6:.3f} M parameters of its own" + (", run instead of the teacher's" if replaces else ""))
     if nonkey.macs_exact == 0:  # e.g. interpolation: its work is outside torch (optical flow, FFmpeg)
         uncounted = getattr(method, "uncounted", "") or "its work"
         print(f"{args.method} non-key frame: 0 MACs counted ({uncounted}: not torch ops)")
@@ -891,7 +910,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="parameters and MACs per frame, in both MAC conventions")
     p.add_argument("--arch", default=None, help="architecture to build (default resnet_9blocks)")
-    p.add_argument("--model", default=None, help="profile this checkpoint instead of a fresh --arch")
+    p.add_argument("--model", default=None, help="profile this checkpoint instead of a fresh --arch (a distilled "
+                   "model file: its teacher, then its student per call or its Shortcut block's non-key frame)")  # fmt: skip
     p.add_argument("--size", type=_size, default=(256, 256), metavar="HxW", help="frame size (default 256x256)")
     p.add_argument("--ngf", type=int, default=64, help="base width of a fresh --arch (default 64)")
     p.add_argument("--input-nc", type=int, default=3, help="input channels of a fresh --arch (default 3)")
