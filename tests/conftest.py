@@ -28,6 +28,15 @@ os.environ["FASTV2V_CACHE"] = tempfile.mkdtemp(prefix="fastv2v-test-cache-")
 atexit.register(shutil.rmtree, os.environ["FASTV2V_CACHE"], ignore_errors=True)
 
 
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    """``fastv2v ARGS`` in process (arguments made strings): its exit code, stdout and stderr."""
+    from fastv2v.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def synthetic_frame(index: int, size: tuple[int, int] = (32, 48)) -> np.ndarray:
     """A smooth RGB frame that moves with ``index`` (gradients compress well and decode stably)."""
     h, w = size

@@ -14,15 +14,7 @@ import time
 import pytest
 from torch import nn
 
-from fastv2v.cli import main
-
-from conftest import frame_count, visible
-
-
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from conftest import frame_count, run_cli, visible
 
 
 def one_sentence(err):
@@ -55,7 +47,7 @@ def test_output_linked_to_the_input_is_refused(teacher, make_video, tmp_path, ca
     soft.symlink_to(src)
     os.link(src, hard)
     for out in (soft, hard):
-        code, _, err = run(["translate", src, out, "--model", teacher, "--quiet"], capsys)
+        code, _, err = run_cli(["translate", src, out, "--model", teacher, "--quiet"], capsys)
         assert code == 2 and "is the input itself" in err and one_sentence(err), err
     assert src.read_bytes() == before and soft.is_symlink() and os.path.samefile(hard, src)
 
@@ -69,8 +61,8 @@ def test_input_list_output_that_is_an_input_is_refused(teacher, make_video, tmp_
     linked.mkdir()
     os.link(folder / "a.mp4", linked / "a.mp4")  # a hard link in --out-dir is the input too
     for out_dir in (folder, linked):
-        code, _, err = run(["translate", "--input-list", folder, "--out-dir", out_dir, "--model", teacher, "--quiet"],
-                           capsys)  # fmt: skip
+        code, _, err = run_cli(["translate", "--input-list", folder, "--out-dir", out_dir, "--model", teacher,
+                                "--quiet"], capsys)  # fmt: skip
         assert code == 2 and "would be replaced by the output" in err and one_sentence(err), err
     assert (folder / "a.mp4").read_bytes() == before
 
@@ -86,10 +78,10 @@ def test_truncated_input_is_not_complete_on_restart(teacher, make_video, tmp_pat
     (folder / "cut.mp4").write_bytes(full.read_bytes()[: int(full.stat().st_size * 0.6)])
     out = tmp_path / "out"
     args = ["translate", "--input-list", folder, "--out-dir", out, "--model", teacher, "--quiet"]
-    code, stdout, _ = run(args, capsys)
+    code, stdout, _ = run_cli(args, capsys)
     assert code == 1 and "2 videos: 1 done, 0 skipped" in stdout and "truncated" in stdout
     assert visible(out) == ["a.mp4"] and temporaries(out) == []  # the partial result is not in place
-    code, stdout, _ = run(args, capsys)
+    code, stdout, _ = run_cli(args, capsys)
     assert code == 1 and "2 videos: 0 done, 1 skipped" in stdout and "1 failed" in stdout
 
 
@@ -101,13 +93,13 @@ def test_output_without_a_record_is_redone(teacher, make_video, tmp_path, capsys
     out.mkdir()
     (out / "a.mp4").write_bytes(b"half an mp4")  # e.g. written by an older version, or by hand
     args = ["translate", "--input-list", folder, "--out-dir", out, "--model", teacher, "--quiet"]
-    code, stdout, _ = run(args, capsys)
+    code, stdout, _ = run_cli(args, capsys)
     assert code == 0 and "1 done, 0 skipped" in stdout and "redo" in stdout
     assert frame_count(out / "a.mp4") == 3
-    code, stdout, _ = run(args, capsys)
+    code, stdout, _ = run_cli(args, capsys)
     assert code == 0 and "0 done, 1 skipped" in stdout
     make_video(folder / "a.mp4", frames=5, size=(16, 16))  # the input changed: its output is stale
-    code, stdout, _ = run(args, capsys)
+    code, stdout, _ = run_cli(args, capsys)
     assert code == 0 and "1 done, 0 skipped" in stdout and frame_count(out / "a.mp4") == 5
 
 
@@ -126,7 +118,7 @@ def test_concurrent_runs_keep_each_others_temporaries(teacher, make_video, tmp_p
     mine_live, mine_dead = temporary_sibling(out / "a.mp4", pid=live), temporary_sibling(out / "a.mp4", pid=dead)
     mine_live.write_bytes(b"in progress")
     mine_dead.write_bytes(b"left by a killed run")
-    code, _, _ = run(["translate", "--input-list", folder, "--out-dir", out, "--model", teacher, "--quiet"], capsys)
+    code, _, _ = run_cli(["translate", "--input-list", folder, "--out-dir", out, "--model", teacher, "--quiet"], capsys)
     assert code == 0 and frame_count(out / "a.mp4") == 2
     assert mine_live.exists() and not mine_dead.exists()
     assert stale_temporaries(out / "a.mp4") == []
@@ -223,7 +215,7 @@ def test_killed_translate_resumes_cleanly(teacher, make_video, tmp_path, capsys)
     proc.communicate(timeout=60)
     assert proc.returncode == -9
     assert not out.exists() and temporaries(work), "the killed write leaves its temporary file"
-    code, _, _ = run(["translate", src, out, "--model", teacher, "--quiet"], capsys)
+    code, _, _ = run_cli(["translate", src, out, "--model", teacher, "--quiet"], capsys)
     assert code == 0 and frame_count(out) == 60
     assert os.listdir(work) == ["out.mp4"]
 
@@ -236,11 +228,11 @@ def test_output_name_at_the_length_limit(teacher, make_video, tmp_path, capsys):
     work = tmp_path / "work"
     work.mkdir()
     longest = work / ("n" * 251 + ".mp4")  # 255 bytes: allowed, though its temporary name is longer
-    code, _, err = run(["translate", src, longest, "--model", teacher, "--quiet"], capsys)
+    code, _, err = run_cli(["translate", src, longest, "--model", teacher, "--quiet"], capsys)
     assert code == 0, err
     assert frame_count(longest) == 2 and os.listdir(work) == [longest.name]
     too_long = work / ("é" * 130 + ".mp4")  # 264 bytes
-    code, _, err = run(["translate", src, too_long, "--model", teacher, "--quiet"], capsys)
+    code, _, err = run_cli(["translate", src, too_long, "--model", teacher, "--quiet"], capsys)
     assert code == 2 and "choose a shorter output name" in err and one_sentence(err)
     from fastv2v.atomic import temporary_sibling
 
@@ -257,7 +249,7 @@ def test_bad_outputs_are_refused_before_the_model_loads(make_video, tmp_path, ca
     missing_model = tmp_path / "no-such-model.pth"  # reached only if the output passed its checks
     taken = tmp_path / "frames"
     taken.write_text("a file where a folder of frames would go")
-    code, _, err = run(["translate", src, taken, "--model", missing_model, "--quiet"], capsys)
+    code, _, err = run_cli(["translate", src, taken, "--model", missing_model, "--quiet"], capsys)
     assert code == 2 and f"{taken} is an existing file" in err and one_sentence(err), err
     assert taken.read_text().startswith("a file")
 
@@ -270,8 +262,8 @@ def test_bad_outputs_are_refused_before_the_model_loads(make_video, tmp_path, ca
         (["translate", "--input-list", tmp_path, "--out-dir", blocked / "new"], "--out-dir"),
         (["bench", "--input", src, "--out", blocked / "report"], "--out"),
     ]:
-        code, _, err = run([*args, "--model", missing_model, "--quiet"], capsys)
+        code, _, err = run_cli([*args, "--model", missing_model, "--quiet"], capsys)
         assert code == 2 and message in err and str(blocked) in err and one_sentence(err), (args, err)
     monkeypatch.undo()
-    code, _, err = run(["bench", "--input", src, "--out", taken / "report", "--model", missing_model], capsys)
+    code, _, err = run_cli(["bench", "--input", src, "--out", taken / "report", "--model", missing_model], capsys)
     assert code == 2 and "is a file" in err and "--out" in err and one_sentence(err), err

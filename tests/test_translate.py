@@ -9,22 +9,17 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_cli
 from fastv2v.cli import main
 from fastv2v.data.labels import write_label_map
 from fastv2v.data.video import open_frames
 from fastv2v.generators import GlobalGenerator, ResnetGenerator, load_generator, save_generator
 
 
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_video_keeps_ntsc_rate_and_audio(teacher, make_video, tmp_path, capsys):
     src = make_video(frames=6, size=(32, 48), fps=Fraction(30000, 1001), audio=True)
     out = tmp_path / "out.mp4"
-    code, stdout, _ = run(["translate", src, out, "--model", teacher, "--quiet"], capsys)
+    code, stdout, _ = run_cli(["translate", src, out, "--model", teacher, "--quiet"], capsys)
     assert code == 0
     assert "frames/s end to end" in stdout and "model only" in stdout
     with av.open(str(out)) as c:
@@ -38,8 +33,8 @@ def test_output_equals_teacher_per_frame(teacher, make_video, tmp_path, capsys):
     src = make_video(frames=3, size=(32, 48))
     out = tmp_path / "frames"
     batched = tmp_path / "batched"
-    assert run(["translate", src, out, "--model", teacher, "--quiet"], capsys)[0] == 0
-    assert run(["translate", src, batched, "--model", teacher, "--quiet", "--batch", "2"], capsys)[0] == 0
+    assert run_cli(["translate", src, out, "--model", teacher, "--quiet"], capsys)[0] == 0
+    assert run_cli(["translate", src, batched, "--model", teacher, "--quiet", "--batch", "2"], capsys)[0] == 0
     g = load_generator(teacher)
     with open_frames(src) as frames, open_frames(out) as written, open_frames(batched) as batch_written:
         for frame, result, batch_result in zip(frames, written, batch_written, strict=True):
@@ -53,7 +48,7 @@ def test_output_equals_teacher_per_frame(teacher, make_video, tmp_path, capsys):
 def test_single_image_and_size_option(teacher, make_image_folder, tmp_path, capsys):
     folder = make_image_folder(["1.png"], size=(30, 40))
     out = tmp_path / "one.png"
-    code, _, _ = run(["translate", folder / "1.png", out, "--model", teacher, "--size", "32x40", "--quiet"], capsys)
+    code, _, _ = run_cli(["translate", folder / "1.png", out, "--model", teacher, "--size", "32x40", "--quiet"], capsys)
     assert code == 0 and out.exists()
 
 
@@ -68,7 +63,7 @@ def test_label_map_folder_with_unknown_id_is_refused(tmp_path, capsys):
         ids[4:8, 4:8] = top
         write_label_map(folder / f"{i}.png", ids)
     out = tmp_path / "scene.mp4"
-    code, _, err = run(["translate", folder, out, "--model", model, "--quiet"], capsys)
+    code, _, err = run_cli(["translate", folder, out, "--model", model, "--quiet"], capsys)
     assert code == 2 and "label ID 7" in err and "4 classes" in err and str(folder) in err
     assert not out.exists() and list(tmp_path.glob("*partial*")) == []
 
@@ -91,7 +86,7 @@ def test_bad_input_is_one_clear_sentence(problem, teacher, make_video, tmp_path,
         extra = ["--arch", "resnet_9blocks"]
     elif problem == "unwritable":
         out = tmp_path / "no" / "such" / "dir" / "out.mp4"
-    code, _, err = run(["translate", src, out, "--model", model, "--quiet", *extra], capsys)
+    code, _, err = run_cli(["translate", src, out, "--model", model, "--quiet", *extra], capsys)
     assert code != 0
     line = err.strip()
     assert line.startswith("fastv2v: error:") and "\n" not in line and "Traceback" not in line
@@ -107,7 +102,7 @@ def test_truncated_video_translates_what_decodes_then_fails(teacher, make_video,
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(full.read_bytes()[: int(full.stat().st_size * 0.6)])
     out = tmp_path / "out.mp4"
-    code, _, err = run(["translate", cut, out, "--model", teacher, "--quiet"], capsys)
+    code, _, err = run_cli(["translate", cut, out, "--model", teacher, "--quiet"], capsys)
     assert code != 0 and "truncated" in err and str(cut) in err
     with open_frames(out) as frames:
         assert 0 < len(list(frames)) < 16
@@ -126,7 +121,7 @@ def test_interrupted_run_leaves_no_output(teacher, make_video, tmp_path, monkeyp
         return forward(self, x)
 
     monkeypatch.setattr(ResnetGenerator, "forward", interrupt_on_third)
-    code, _, err = run(["translate", src, out, "--model", teacher, "--quiet"], capsys)
+    code, _, err = run_cli(["translate", src, out, "--model", teacher, "--quiet"], capsys)
     assert code == 130 and "interrupted" in err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(["input.mp4", teacher.name])
 
@@ -144,16 +139,16 @@ def test_console_script_prints_no_traceback(tmp_path):
 @pytest.mark.parametrize("method", ["sparse", "repeat"])
 def test_online_methods_through_translate(method, teacher, make_video, tmp_path, capsys):
     out = tmp_path / "frames"
-    code, _, _ = run(["translate", make_video(frames=4), out, "--model", teacher, "--quiet", "--method", method,
-                      "--interval", "2"], capsys)  # fmt: skip
+    code, _, _ = run_cli(["translate", make_video(frames=4), out, "--model", teacher, "--quiet", "--method", method,
+                          "--interval", "2"], capsys)  # fmt: skip
     assert code == 0
     with open_frames(out) as frames:
         assert len(list(frames)) == 4
 
 
 def test_method_needing_a_bundle_says_so(teacher, make_video, tmp_path, capsys):
-    code, _, err = run(["translate", make_video(frames=2), tmp_path / "o.mp4", "--model", teacher, "--quiet",
-                        "--method", "shortcut"], capsys)  # fmt: skip
+    code, _, err = run_cli(["translate", make_video(frames=2), tmp_path / "o.mp4", "--model", teacher, "--quiet",
+                            "--method", "shortcut"], capsys)  # fmt: skip
     assert code == 2 and "needs a trained shortcut model file" in err
 
 

@@ -10,8 +10,7 @@ import json
 import pytest
 import torch
 
-from conftest import assert_videos_do_not_mix, frame_count, synthetic_frame
-from fastv2v.cli import main
+from conftest import assert_videos_do_not_mix, frame_count, run_cli, synthetic_frame
 from fastv2v.data.paired import rgb_to_tensor
 from fastv2v.engine.loop import drive
 from fastv2v.generators import Vid2VidGenerator
@@ -115,22 +114,16 @@ def test_interleaved_videos_do_not_mix(method, model):
     assert_videos_do_not_mix(pipeline.method, _xs(_frames()), _xs(_frames(3, 7)))
 
 
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_translate_and_bench_run_the_key_frame_methods(model, tmp_path, capsys, make_image_folder):
     folder = make_image_folder([f"{i:03d}.png" for i in range(T)], size=(H, W))
     out = tmp_path / "out.mp4"
-    code, _, err = run(["translate", folder, out, "--model", model, "--method", "interp", "--interval", 4, "--quiet"],
-                       capsys)  # fmt: skip
+    code, _, err = run_cli(["translate", folder, out, "--model", model, "--method", "interp", "--interval", 4,
+                            "--quiet"], capsys)  # fmt: skip
     assert code == 0, err
     assert frame_count(out) == T
     bench = tmp_path / "bench"
-    code, _, err = run(["bench", "--model", model, "--input", folder, "--methods", "teacher,repeat,interp",
-                        "--intervals", "2,4", "--no-e2e", "--out", bench, "--quiet"], capsys)  # fmt: skip
+    code, _, err = run_cli(["bench", "--model", model, "--input", folder, "--methods", "teacher,repeat,interp",
+                            "--intervals", "2,4", "--no-e2e", "--out", bench, "--quiet"], capsys)  # fmt: skip
     assert code == 0, err
     rows = json.loads((bench / "bench.json").read_text())["results"]
     assert [(r["method"], r["interval"]) for r in rows] == [
@@ -141,7 +134,7 @@ def test_translate_and_bench_run_the_key_frame_methods(model, tmp_path, capsys, 
 
 def test_other_methods_name_the_sequential_ones(model, tmp_path, capsys, make_image_folder):
     folder = make_image_folder([f"{i:03d}.png" for i in range(T_G)], size=(H, W))
-    code, _, err = run(["translate", folder, tmp_path / "o.mp4", "--model", model, "--method", "reuse", "--quiet"],
-                       capsys)  # fmt: skip
+    code, _, err = run_cli(["translate", folder, tmp_path / "o.mp4", "--model", model, "--method", "reuse", "--quiet"],
+                           capsys)  # fmt: skip
     assert code == 2 and "Traceback" not in err
     assert "use --method teacher, interp, minterpolate, repeat, spatial or fast for now" in err

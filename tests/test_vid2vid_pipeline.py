@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_videos_do_not_mix, frame_count, synthetic_frame
-from fastv2v.cli import main
+from conftest import assert_videos_do_not_mix, frame_count, run_cli, synthetic_frame
 from fastv2v.data.labels import write_label_map
 from fastv2v.data.paired import rgb_to_tensor
 from fastv2v.data.video import open_frames
@@ -21,12 +20,6 @@ from fastv2v.generators.vid2vid import run_sequence
 from fastv2v.pipeline import Pipeline
 
 H, W, T, LABEL_NC, T_G = 16, 24, 5, 4, 3
-
-
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _vid2vid(tmp_path, label_nc=LABEL_NC, name="latest_net_G0.pth"):
@@ -121,7 +114,7 @@ def test_translate_writes_every_frame_and_equals_the_loop(tmp_path, capsys):
     model, folder, real = _vid2vid(tmp_path), _labels(tmp_path), _real(tmp_path)
     out = tmp_path / "out"
     args = ["translate", folder, out, "--model", model, "--label-nc", LABEL_NC, "--start", f"video:{real}", "--quiet"]
-    code, stdout, err = run(args + ["--batch", "3"], capsys)  # --batch: still one frame per call
+    code, stdout, err = run_cli(args + ["--batch", "3"], capsys)  # --batch: still one frame per call
     assert code == 0, err
     assert frame_count(out) == T and f"wrote {T} frames" in stdout
     pipeline = Pipeline.from_file(model, label_nc=LABEL_NC, start=f"video:{real}")
@@ -132,7 +125,7 @@ def test_translate_writes_every_frame_and_equals_the_loop(tmp_path, capsys):
         frames = list(written)
     assert all(np.array_equal(a, b) for a, b in zip(frames[T_G - 1 :], expected.numpy(), strict=True))
     mp4 = tmp_path / "out.mp4"
-    assert run(["translate", folder, mp4, "--model", model, "--label-nc", LABEL_NC, "--quiet"], capsys)[0] == 0
+    assert run_cli(["translate", folder, mp4, "--model", model, "--label-nc", LABEL_NC, "--quiet"], capsys)[0] == 0
     assert frame_count(mp4) == T
 
 
@@ -156,8 +149,8 @@ def test_interleaved_videos_do_not_mix(tmp_path):
 @pytest.mark.parametrize("method", ["shortcut", "sparse", "spatial", "fast", "reuse"])
 def test_per_frame_methods_refuse_a_vid2vid_model(method, tmp_path, capsys):
     model, folder = _vid2vid(tmp_path), _labels(tmp_path)
-    code, _, err = run(["translate", folder, tmp_path / "o.mp4", "--model", model, "--label-nc", LABEL_NC,
-                        "--method", method, "--quiet"], capsys)  # fmt: skip
+    code, _, err = run_cli(["translate", folder, tmp_path / "o.mp4", "--model", model, "--label-nc", LABEL_NC,
+                            "--method", method, "--quiet"], capsys)  # fmt: skip
     assert code == 2 and "Traceback" not in err and "latest_net_G0.pth" in err and err.count(". ") == 0
     if method in ("spatial", "fast"):  # they run on a vid2vid teacher, with the student distilled from it
         assert f"--method {method} needs a trained student model file (made by `fastv2v distill student`)" in err
@@ -174,7 +167,8 @@ def test_bad_input_is_one_clear_sentence(problem, tmp_path, capsys):
     if problem == "start_on_per_frame":
         model, extra = _single(tmp_path), ["--start", "zeros"]
     out = tmp_path / "o.mp4"
-    code, _, err = run(["translate", folder, out, "--model", model, "--label-nc", LABEL_NC, "--quiet", *extra], capsys)
+    code, _, err = run_cli(["translate", folder, out, "--model", model, "--label-nc", LABEL_NC, "--quiet", *extra],
+                           capsys)  # fmt: skip
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and not out.exists()
     assert {
         "label_id": f"label ID {LABEL_NC + 3}",
@@ -192,8 +186,8 @@ def test_bench_reports_the_teacher_row_with_its_macs(tmp_path, capsys):
     model = _vid2vid(tmp_path, label_nc=0)
     frames = _real(tmp_path, frames=3, size=(H, W), name="frames")
     out = tmp_path / "bench"
-    code, _, err = run(["bench", "--model", model, "--input", frames, "--methods", "teacher", "--no-e2e",
-                        "--out", out, "--quiet"], capsys)  # fmt: skip
+    code, _, err = run_cli(["bench", "--model", model, "--input", frames, "--methods", "teacher", "--no-e2e",
+                            "--out", out, "--quiet"], capsys)  # fmt: skip
     assert code == 0, err
     row = json.loads((out / "bench.json").read_text())["results"][0]
     g = load_generator(model)
@@ -205,5 +199,5 @@ def test_bench_reports_the_teacher_row_with_its_macs(tmp_path, capsys):
     assert counter.per_frame[1:] == [(one.macs_exact, one.macs_paper)] * 2
     assert 0.99 * one.macs_exact < counter.per_frame[0][0] < one.macs_exact
     assert row["macs_total"] == {"exact": counter.total[0], "paper": counter.total[1]}
-    code, stdout, _ = run(["profile", "--model", model, "--size", f"{H}x{W}"], capsys)
+    code, stdout, _ = run_cli(["profile", "--model", model, "--size", f"{H}x{W}"], capsys)
     assert code == 0 and "MACs per frame" in stdout

@@ -8,8 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import synthetic_frame
-from fastv2v.cli import main
+from conftest import run_cli, synthetic_frame
 from fastv2v.data.paired import rgb_to_tensor
 from fastv2v.engine.loop import drive
 from fastv2v.generators import Vid2VidGenerator, save_generator
@@ -35,7 +34,9 @@ def _inputs(g, n=1):
     return torch.randn(n, T_G * g.input_nc, H, W), torch.rand(n, (T_G - 1) * 3, H, W) * 2 - 1
 
 
-@pytest.mark.parametrize("kw", [{}, {"norm": "instance", "fg": True, "label_nc": 4, "input_nc": 4, "fg_labels": (1,)}, {"no_flow": True}])
+@pytest.mark.parametrize(
+    "kw", [{}, {"norm": "instance", "fg": True, "label_nc": 4, "input_nc": 4, "fg_labels": (1,)}, {"no_flow": True}]
+)
 def test_pruning_to_the_full_width_is_the_identity(kw):
     """Keeping every channel must reproduce the teacher: the walk pairs every layer with its inputs."""
     teacher = _teacher(**kw)
@@ -75,7 +76,8 @@ def test_half_input_at_full_width_starts_as_the_teacher_on_halved_frames():
     assert halved.shape == (1, T_G * 3, H // 2, W // 2)
     for t in range(T_G):  # each frame halved as a label map: one-hot again, never blended
         frame = halved[:, 3 * t : 3 * t + 3]
-        assert torch.equal(frame, halve_input(x[:, 3 * t : 3 * t + 3], 3)) and torch.equal(frame.sum(1), torch.ones(1, H // 2, W // 2))
+        assert torch.equal(frame, halve_input(x[:, 3 * t : 3 * t + 3], 3))
+        assert torch.equal(frame.sum(1), torch.ones(1, H // 2, W // 2))
 
 
 @pytest.fixture
@@ -134,17 +136,11 @@ def test_fast_runs_the_student_on_the_key_frames_and_interpolates_between(studen
     assert not torch.equal(ys[1], ys[0]) and not torch.equal(ys[1], ys[3])  # interpolated between
 
 
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_bench_reports_the_student_rows_against_the_teacher(student_file, tmp_path, capsys, make_image_folder):
     folder = make_image_folder([f"{i:03d}.png" for i in range(T)], size=(H, W))
     bench = tmp_path / "bench"
-    code, _, err = run(["bench", "--model", student_file, "--input", folder, "--methods", "teacher,spatial,fast",
-                        "--intervals", "3", "--no-e2e", "--out", bench, "--quiet"], capsys)  # fmt: skip
+    code, _, err = run_cli(["bench", "--model", student_file, "--input", folder, "--methods", "teacher,spatial,fast",
+                            "--intervals", "3", "--no-e2e", "--out", bench, "--quiet"], capsys)  # fmt: skip
     assert code == 0, err
     rows = {r["method"]: r for r in json.loads((bench / "bench.json").read_text())["results"]}
     assert set(rows) == {"teacher", "spatial", "fast"}
@@ -165,21 +161,22 @@ def test_distill_writes_a_student_that_translate_runs(tmp_path, capsys):
     out = tmp_path / "run"
     base = ["distill", "student", "--teacher", tmp_path / "v2v.safetensors", "--task", "scenes", "--clips", 1,
             "--size", "32x64", "--batch", 2, "--interval", 2, "--quiet"]  # fmt: skip
-    code, _, err = run(base + ["--steps", 2, "--out", out], capsys)
+    code, _, err = run_cli(base + ["--steps", 2, "--out", out], capsys)
     assert code == 0, err
     model = load_student(out / "student.safetensors")
     assert model.student.config["ngf"] == 2 and model.interval == 2
     manifest = json.loads((out / "cache" / "vid2vid-teacher" / "manifest.json").read_text())
     assert manifest["clips"] == 1 and manifest["size"] == [32, 64]
-    code, _, err = run(base + ["--body", "resnet", "--out", tmp_path / "other"], capsys)
+    code, _, err = run_cli(base + ["--body", "resnet", "--out", tmp_path / "other"], capsys)
     assert code == 2 and "--body applies to per-frame teachers" in err and "Traceback" not in err
-    code, _, err = run(base + ["--width", 3, "--init", out / "student.safetensors", "--out", tmp_path / "w"], capsys)
+    code, _, err = run_cli(base + ["--width", 3, "--init", out / "student.safetensors", "--out", tmp_path / "w"],
+                           capsys)  # fmt: skip
     assert code == 2 and "holds a student of ngf 2" in err and "asks for ngf 3" in err and "Traceback" not in err
 
     # stopped after 2 of 4 steps and resumed, the run ends where an unbroken one does
     for extra in (["--max-steps", 2, "--out", tmp_path / "a"], ["--resume", "--out", tmp_path / "a"],
                   ["--out", tmp_path / "b"]):  # fmt: skip
-        code, _, err = run(base + ["--steps", 4] + extra, capsys)
+        code, _, err = run_cli(base + ["--steps", 4] + extra, capsys)
         assert code == 0, err
     resumed, unbroken = (load_student(tmp_path / r / "student.safetensors").student for r in "ab")
     assert all(torch.equal(x, y) for x, y in zip(resumed.state_dict().values(), unbroken.state_dict().values()))
@@ -213,7 +210,7 @@ def test_samples_walk_clips_gaps_and_frames(tmp_path):
 
 
 def test_profile_reports_the_teacher_and_its_student(student_file, capsys):
-    code, out, err = run(["profile", "--model", student_file, "--size", f"{H}x{W}"], capsys)
+    code, out, err = run_cli(["profile", "--model", student_file, "--size", f"{H}x{W}"], capsys)
     assert code == 0, err
     assert "vid2vid (ngf 8" in out and "MACs per frame:" in out
     student = next(line for line in out.splitlines() if line.startswith("student ("))
