@@ -238,7 +238,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         student = profile(model.student, *_profile_inputs(generator, h, w))
         print(f"student ({args.model}): {student.params / 1e6:.3f} M parameters, {format_gmacs(student.macs_exact)} "
               f"exact, {format_gmacs(student.macs_paper)} paper MACs per call; teacher / student = "
-              f"{result.macs_exact / student.macs_exact:.2f}x exact, {result.macs_paper / student.macs_paper:.2f}x paper")  # fmt: skip
+              f"{result.macs_exact / student.macs_exact:.2f}x exact, "
+              f"{result.macs_paper / student.macs_paper:.2f}x paper")  # fmt: skip
     if args.method or getattr(model, "block", None) is not None:
         _profile_method(args, generator if model is None else model, torch.zeros(1, generator.input_nc, h, w), result)
     print("  exact: true multiply-adds; paper: transposed convs counted at output size (thop/torchprofile, published tables)")
@@ -280,31 +281,31 @@ def _profile_method(args: argparse.Namespace, model, x, teacher) -> None:
     from fastv2v.pipeline import Pipeline
 
     generator = teacher_of(model)
+    name = args.method or "shortcut"  # a plain generator always comes with --method
     if model is not generator:
-        args.method = args.method or "shortcut"
-        method = Pipeline.from_model(model, args.method).method
+        method = Pipeline.from_model(model, name).method
     else:
-        settings = {"hidden": args.hidden} if args.method == "shortcut" else {}
-        method = Pipeline.untrained(generator, args.method, **settings).method
+        settings = {"hidden": args.hidden} if name == "shortcut" else {}
+        method = Pipeline.untrained(generator, name, **settings).method
     path = method.non_key_path()
     if path is None:
-        raise UserError(f"method {args.method!r} has no separate non-key frame to profile.")
+        raise UserError(f"method {name!r} has no separate non-key frame to profile.")
     nonkey = profile(path, x)
     replaces = callable(getattr(method, "parameter_count", None))  # a student runs instead of the teacher
     own = method.parameter_count() if replaces else count_parameters(method) - count_parameters(generator)
-    print(f"{args.method}: {own / 1e6:.3f} M parameters of its own" + (", run instead of the teacher's" if replaces else ""))
+    print(f"{name}: {own / 1e6:.3f} M parameters of its own" + (", run instead of the teacher's" if replaces else ""))
     if nonkey.macs_exact == 0:  # e.g. interpolation: its work is outside torch (optical flow, FFmpeg)
         uncounted = getattr(method, "uncounted", "") or "its work"
-        print(f"{args.method} non-key frame: 0 MACs counted ({uncounted}: not torch ops)")
+        print(f"{name} non-key frame: 0 MACs counted ({uncounted}: not torch ops)")
     else:
-        print(f"{args.method} non-key frame: {format_gmacs(nonkey.macs_exact)} exact, "
+        print(f"{name} non-key frame: {format_gmacs(nonkey.macs_exact)} exact, "
               f"{format_gmacs(nonkey.macs_paper)} paper MACs; "
               f"teacher / non-key = {teacher.macs_exact / nonkey.macs_exact:.2f}x exact, "
               f"{teacher.macs_paper / nonkey.macs_paper:.2f}x paper")  # fmt: skip
     extra = getattr(method, "key_frame_extra_path", None)
     if extra is not None:
         added = profile(extra(), x)
-        print(f"{args.method} key frame: teacher + {format_gmacs(added.macs_exact)} exact, "
+        print(f"{name} key frame: teacher + {format_gmacs(added.macs_exact)} exact, "
               f"{format_gmacs(added.macs_paper)} paper MACs")
 
 
@@ -548,8 +549,8 @@ def _distill_vid2vid_student(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config = Vid2VidStudentConfig(
         teacher=str(args.teacher), out_dir=args.out, ngf=args.width, interval=args.interval, max_gap=args.max_gap,
-        rollout=args.rollout, starts=args.starts, init=args.init, clips=args.clips, size=tuple(args.size or (128, 256)), batch=args.batch, steps=args.steps,
-        decay_steps=args.decay_steps, lr=args.lr, vgg_weights=args.vgg_weights,
+        rollout=args.rollout, starts=args.starts, init=args.init, clips=args.clips, size=tuple(args.size or (128, 256)),
+        batch=args.batch, steps=args.steps, decay_steps=args.decay_steps, lr=args.lr, vgg_weights=args.vgg_weights,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, seed=args.seed, resume=args.resume,
         force=args.force, device=args.device, num_workers=args.workers, precision=args.precision,
     )  # fmt: skip

@@ -590,8 +590,9 @@ def _bench_model(
             continue
         if name == "teacher" and fingerprint in teachers:
             first, teacher_outs, motion, described = teachers[fingerprint]
-            teacher_row = {**first, "model": entry.label, "shared_with": first["model"], "notes": {**first["notes"], "model": (
-                f"the teacher run of {first['model']}, which carries the same teacher weights (measured once)")}}
+            shared = f"the teacher run of {first['model']}, which carries the same teacher weights (measured once)"
+            teacher_row = {**first, "model": entry.label, "shared_with": first["model"],
+                           "notes": {**first["notes"], "model": shared}}  # fmt: skip
             if runtime == references[fingerprint[:2]][2]:
                 report["models"].append({**described, "model": entry.label, "kind": entry.kind,
                                          "path": None if entry.path is None else str(entry.path)})  # fmt: skip

@@ -39,7 +39,7 @@ from fastv2v.methods.interpolate import Interp
 from fastv2v.methods.student_model import DEFAULT_INTERVAL, KIND, StudentModel, check_compatible
 from fastv2v.metrics.profile import count_parameters
 
-__all__ = ["Fast", "Spatial", "StudentRunner"]
+__all__ = ["FAST_INTERPOLATION", "Fast", "Spatial", "StudentRunner"]
 
 
 class StudentRunner:
@@ -116,6 +116,10 @@ class Spatial(OnlineMethod):
         return {"student": _summary(self.student)}
 
 
+#: ``fast``'s interpolation settings unless given (see :class:`Fast`), on any teacher.
+FAST_INTERPOLATION = {"flow": "keys", "preset": "fast"}
+
+
 @register
 class Fast(Interp):
     """Fast-Vid2Vid: the spatial student at key frames, ``interp`` between them (see the module
@@ -140,9 +144,7 @@ class Fast(Interp):
     def __init__(self, teacher: SplitGenerator, interval: int = DEFAULT_INTERVAL, keyframes: Any = None, *,
                  student: SpatialStudent | None = None, student_kwargs: dict | None = None, kernels: str = "torch",
                  **interp_kwargs):  # fmt: skip
-        interp_kwargs.setdefault("flow", "keys")
-        interp_kwargs.setdefault("preset", "fast")
-        super().__init__(teacher, interval, keyframes, **interp_kwargs)
+        super().__init__(teacher, interval, keyframes, **{**FAST_INTERPOLATION, **interp_kwargs})
         self.student = _student_for(teacher, student, dict(student_kwargs or {}))
         self.run = StudentRunner(self.student, kernels)
 

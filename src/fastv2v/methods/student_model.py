@@ -1,7 +1,8 @@
 """The Fast-Vid2Vid student model file: the teacher, the distilled spatial student and the
 default key-frame interval of ``fast`` in one self-describing ``.safetensors`` (kind
 ``student``, part ``student``; the format is :mod:`fastv2v.bundle`'s). The student of a vid2vid
-teacher is itself a (half-input, narrower) vid2vid generator (:mod:`fastv2v.generators.vid2vid_student`). The engine encodes
+teacher is itself a (half-input, narrower) vid2vid generator
+(:mod:`fastv2v.generators.vid2vid_student`). The engine encodes
 frames with the teacher's ``encode_input``; the benchmark judges the student against that very
 teacher.
 """
@@ -38,7 +39,8 @@ def check_compatible(teacher: SplitGenerator, student: SpatialStudent, source: A
     if sequential != (teacher.config.get("arch") == "vid2vid"):
         raise UserError(f"{source} and the teacher must both be vid2vid (sequential) generators or both per-frame "
                         "ones; the student and the teacher do not belong together.")  # fmt: skip
-    if ngf[0] != ngf[1] and not sequential:  # a student is always built with its teacher's ngf (a pruned one's weights do not show it)
+    # a per-frame student is always built with its teacher's ngf (a pruned one's weights do not show it)
+    if ngf[0] != ngf[1] and not sequential:
         raise UserError(f"{source} says it was made for a teacher of ngf {ngf[0]}, but the teacher has ngf {ngf[1]}; "
                         "the student and the teacher do not belong together.")  # fmt: skip
     if mine != theirs:

@@ -53,6 +53,7 @@ from fastv2v.generators.vid2vid import Vid2VidGenerator, step
 from fastv2v.methods.base import Repeat, whole_interval
 from fastv2v.methods.interpolate import BufferedState, Interp, MInterpolate, _Frame
 from fastv2v.methods.schedules import FixedKeys
+from fastv2v.methods.student import FAST_INTERPOLATION
 from fastv2v.methods.student_model import DEFAULT_INTERVAL as DEFAULT_STUDENT_INTERVAL
 from fastv2v.methods.student_model import KIND as STUDENT
 from fastv2v.metrics.profile import count_parameters
@@ -201,15 +202,17 @@ class SequentialKeyframes:
     ``tG-1`` key inputs, the last ``tG-1`` key outputs) kept in ``BufferedState.teacher_state``;
     the frames between key frames are interpolated from the key outputs as on a per-frame
     teacher. With a seeded ``start`` frames ``0 .. tG-2`` are key frames (their outputs are the
-    seeds, ``key`` False for ``video:``)."""
+    seeds, ``key`` False for ``video:``). ``generator``: the sequential generator run at key
+    frames (default the teacher; ``fast`` gives its student)."""
 
     SETTINGS = ("interval", "keyframes", "start")
 
     def __init__(self, teacher: Vid2VidGenerator, interval: int = 4, keyframes: Any = None, *,
-                 start: str = "zeros", seed: Any = None, **options: Any):  # fmt: skip
+                 start: str = "zeros", seed: Any = None, generator: Vid2VidGenerator | None = None,
+                 **options: Any):  # fmt: skip
         super().__init__(teacher, interval, keyframes, **options)
         self.start, self.seed = start, seed  # seed here too, so Pipeline.to moves a seed model
-        self.sequence = Vid2VidTeacher(teacher, start, seed)
+        self.sequence = Vid2VidTeacher(teacher if generator is None else generator, start, seed)
 
     @classmethod
     def from_model(cls, model: Any, *, interval: int | None = None, keyframes: Any = None,
@@ -364,11 +367,9 @@ class Vid2VidFast(SequentialKeyframes, Interp):
 
     def __init__(self, teacher: Vid2VidGenerator, interval: int = DEFAULT_STUDENT_INTERVAL, keyframes: Any = None, *,
                  student: Vid2VidGenerator, start: str = "zeros", seed: Any = None, **options: Any):  # fmt: skip
-        options.setdefault("flow", "keys")
-        options.setdefault("preset", "fast")
-        super().__init__(teacher, interval, keyframes, start=start, seed=seed, **options)
+        super().__init__(teacher, interval, keyframes, start=start, seed=seed, generator=student,
+                         **{**FAST_INTERPOLATION, **options})  # fmt: skip
         self.student = student
-        self.sequence = Vid2VidTeacher(student, start, seed)
 
     @classmethod
     def from_model(cls, model: Any, *, interval: int | None = None, keyframes: Any = None,

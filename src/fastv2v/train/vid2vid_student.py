@@ -214,8 +214,9 @@ def build_teacher_sequences(teacher: Vid2VidGenerator, cache: Path, fingerprint:
             print(f"\rteacher outputs: clip {clip + 1}/{clips}", end="", flush=True)
     if progress:
         print()
-    labels.flush(), outputs.flush()
-    del labels, outputs
+    labels.flush()
+    outputs.flush()
+    del labels, outputs  # closes the memory maps before the files are renamed
     for name, source in tmp.items():
         os.replace(source, cache / f"{name}.npy")
     path.write_text(json.dumps(manifest))
@@ -269,7 +270,7 @@ def unroll(g: nn.Module, labels: torch.Tensor, previous: torch.Tensor, start: to
         final, _, _, raw = g(labels[:, i * c : (i + t_g) * c], previous)[:4]
         y = torch.where(start > 0, raw, final) if i == 0 else final
         made.append(y)
-        previous = torch.cat([previous[:, 3:], y], dim=1)
+        previous = torch.cat([previous[:, y.shape[1] :], y], dim=1)
     return made
 
 
@@ -282,9 +283,7 @@ class Vid2VidStudentRecipe(DistillationRecipe):
     sample_keys = KEYS
 
     def __init__(self, config: Vid2VidStudentConfig, device: Any, ctx: Any = None, progress: bool = False):
-        super().__init__(config, device)
-        if not isinstance(self.teacher, Vid2VidGenerator):
-            raise UserError(f"{config.teacher} is a per-frame generator; this distiller takes a vid2vid teacher.")
+        super().__init__(config, device)  # distill_vid2vid_student has refused a per-frame teacher
         cache = Path(config.out_dir) / "cache" / CACHE
 
         def build() -> None:
