@@ -201,3 +201,23 @@ def test_bench_reports_the_teacher_row_with_its_macs(tmp_path, capsys):
     assert row["macs_total"] == {"exact": counter.total[0], "paper": counter.total[1]}
     code, stdout, _ = run_cli(["profile", "--model", model, "--size", f"{H}x{W}"], capsys)
     assert code == 0 and "MACs per frame" in stdout
+
+
+def test_dtype_auto_times_a_vid2vid_call_and_graph_backends_refuse_before_timing(tmp_path, monkeypatch):
+    """``--dtype auto`` times one teacher call, which for vid2vid takes the window and the previous
+    outputs; a graph backend refuses a sequential teacher before any precision is timed."""
+    import fastv2v.precision as precision
+    from fastv2v.errors import UserError
+    from fastv2v.runtimes import _probe, prepare
+
+    pipeline = Pipeline.from_file(_vid2vid(tmp_path), label_nc=LABEL_NC)
+    assert _probe(pipeline, "torch", torch.device("cpu"), (H, W), None, None)("fp32") > 0
+    monkeypatch.setattr(precision, "native", lambda dtype, device: True)  # as on a CPU with native bf16
+    assert prepare(pipeline, dtype="auto", size=(H, W), quiet=True)[1] in ("fp32", "bf16", "fp16")
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a precision was timed before the refusal")
+
+    monkeypatch.setattr(precision, "best_seconds", no_timing)
+    with pytest.raises(UserError, match="runs on --backend torch only"):
+        prepare(pipeline, backend="openvino", dtype="auto", size=(H, W))

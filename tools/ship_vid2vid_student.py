@@ -22,6 +22,7 @@ import torch
 from fastv2v.data.paired import heldout_clip
 from fastv2v.engine.loop import drive
 from fastv2v.generators import load_generator
+from fastv2v.generators.loading import call_inputs
 from fastv2v.methods.student_model import load_student
 from fastv2v.metrics.profile import count_parameters, format_gmacs, profile
 from fastv2v.metrics.quality import MeanMeter, psnr
@@ -65,8 +66,7 @@ def main() -> None:
             line[(name, interval)] = to_teacher
         per_clip.append(line)
 
-    window = [torch.zeros(1, teacher.input_nc * teacher.n_frames_G, *size),
-              torch.zeros(1, teacher.output_nc * (teacher.n_frames_G - 1), *size)]
+    window = call_inputs(teacher, *size, "meta")  # the label window and the previous outputs, shapes only
     full, small = profile(teacher, *window), profile(model.student, *window)
     s = model.student.config
     label = {run: (run[0] if run[0] in ("teacher", "spatial") else f"{run[0]}@{run[1]}") for run in meters}

@@ -209,7 +209,8 @@ def _translate_many(args: argparse.Namespace, pipeline) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     import torch
 
-    from fastv2v.generators import Vid2VidGenerator, build_generator, load_generator
+    from fastv2v.generators import Vid2VidGenerator, build_generator
+    from fastv2v.generators.loading import call_inputs
     from fastv2v.metrics.profile import format_gmacs, profile
 
     _check_profile_options(args)
@@ -229,13 +230,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
     generator.check_size(h, w, source=f"--size {h}x{w}")
     if args.method and isinstance(generator, Vid2VidGenerator):
         raise UserError("--method needs a single-frame generator; profile a vid2vid model without it.")
-    result = profile(generator, *_profile_inputs(generator, h, w))
+    result = profile(generator, *call_inputs(generator, h, w, "meta"))  # meta: count only, compute nothing
     name = generator.config["arch"]
     print(f"{name} (ngf {generator.config['ngf']}, {generator.input_nc}->{generator.output_nc} channels) at {h}x{w}")
     print(f"parameters: {result.params / 1e6:.2f} M")
     print(f"MACs per frame: {format_gmacs(result.macs_exact)} exact, {format_gmacs(result.macs_paper)} paper")
     if getattr(model, "student", None) is not None:
-        student = profile(model.student, *_profile_inputs(generator, h, w))
+        student = profile(model.student, *call_inputs(generator, h, w, "meta"))
         print(f"student ({args.model}): {student.params / 1e6:.3f} M parameters, {format_gmacs(student.macs_exact)} "
               f"exact, {format_gmacs(student.macs_paper)} paper MACs per call; teacher / student = "
               f"{result.macs_exact / student.macs_exact:.2f}x exact, "
@@ -244,20 +245,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
         _profile_method(args, generator if model is None else model, torch.zeros(1, generator.input_nc, h, w), result)
     print("  exact: true multiply-adds; paper: transposed convs counted at output size (thop/torchprofile, published tables)")
     return 0
-
-
-def _profile_inputs(generator, h: int, w: int) -> tuple:
-    """Meta inputs (count only, compute nothing) of one call; vid2vid takes a window of
-    ``n_frames_G`` frames and its previous outputs."""
-    import torch
-
-    from fastv2v.generators import Vid2VidGenerator
-
-    if not isinstance(generator, Vid2VidGenerator):
-        return (torch.zeros(1, generator.input_nc, h, w, device="meta"),)
-    frames = generator.n_frames_G
-    return (torch.zeros(1, generator.input_nc * frames, h, w, device="meta"),
-            torch.zeros(1, generator.output_nc * (frames - 1), h, w, device="meta"))  # fmt: skip
 
 
 def _check_profile_options(args: argparse.Namespace) -> None:

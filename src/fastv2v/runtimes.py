@@ -216,21 +216,31 @@ class GraphStudent:
         return self._graph(x=x)[0]
 
 
-def on_backend(pipeline: Any, backend: str, *, dtype: str = "fp32", threads: int | None = None,
-               device: str = "cpu", graphs: str | os.PathLike | None = None) -> Any:  # fmt: skip
-    """``pipeline`` with its per-frame models running as graphs on ``backend`` (``torch``: the
-    pipeline itself). ``dtype``: the runtime's compute precision; ``threads``: its thread count
-    (default: torch's); ``graphs``: an export folder (default: the cache)."""
-    from fastv2v.pipeline import Pipeline, is_sequential
+def check_runs_on(pipeline: Any, backend: str) -> None:
+    """Refuse, in one sentence, a pipeline that graph ``backend`` cannot run: a sequential
+    (vid2vid) teacher, or a method outside :data:`ON_GRAPHS`. Before anything is exported or timed."""
+    from fastv2v.pipeline import is_sequential
 
-    backend = check_backend(backend)
     if backend == "torch":
-        return pipeline
+        return
     if is_sequential(pipeline.teacher):
         raise UserError(f"{pipeline.label} is a vid2vid (sequential) generator; it runs on --backend torch only.")
     if pipeline.name not in ON_GRAPHS:
         raise UserError(f"--method {pipeline.name} runs the teacher's layers one by one and stays on --backend torch; "
                         f"the graph backends run {', '.join(ON_GRAPHS)}.")  # fmt: skip
+
+
+def on_backend(pipeline: Any, backend: str, *, dtype: str = "fp32", threads: int | None = None,
+               device: str = "cpu", graphs: str | os.PathLike | None = None) -> Any:  # fmt: skip
+    """``pipeline`` with its per-frame models running as graphs on ``backend`` (``torch``: the
+    pipeline itself). ``dtype``: the runtime's compute precision; ``threads``: its thread count
+    (default: torch's); ``graphs``: an export folder (default: the cache)."""
+    from fastv2v.pipeline import Pipeline
+
+    backend = check_backend(backend)
+    if backend == "torch":
+        return pipeline
+    check_runs_on(pipeline, backend)
     if dtype not in ("fp32", "bf16", "fp16"):
         raise UserError(f"unknown --dtype {dtype!r}; use fp32, bf16 or fp16.")
     if backend == "openvino" and dtype != "fp32":
@@ -281,6 +291,7 @@ def prepare(pipeline: Any, *, backend: str = "torch", dtype: str = "fp32", devic
     from fastv2v.precision import choose_dtype
 
     backend = check_backend(backend)
+    check_runs_on(pipeline, backend)
     dev = resolve_device(device)
     dtype = choose_dtype(dtype, dev, _probe(pipeline, backend, dev, size, threads, graphs), backend=backend,
                          quiet=quiet, tuned=getattr(pipeline, "dtype", None))  # fmt: skip
@@ -294,6 +305,7 @@ def _probe(pipeline: Any, backend: str, device: torch.device, size: tuple[int, i
     """``timed(precision) -> seconds`` of one teacher call at ``size`` (default 128x256, fitted);
     nothing is prepared (no input, no graph export) until a precision is timed."""
     from fastv2v.engine.loop import autocast
+    from fastv2v.generators.loading import call_inputs
     from fastv2v.precision import best_seconds
 
     teacher = pipeline.teacher
@@ -301,11 +313,12 @@ def _probe(pipeline: Any, backend: str, device: torch.device, size: tuple[int, i
     h, w = size or (128, 256)
 
     def timed(dtype: str) -> float:
-        x = torch.rand(1, teacher.input_nc, max(m, h // m * m), max(m, w // m * m), device=device) * 2 - 1
+        inputs = call_inputs(teacher, max(m, h // m * m), max(m, w // m * m), device)  # vid2vid: window + previous
         if backend == "torch":
             model = teacher.to(device)
             with torch.inference_mode(), autocast(device, dtype):
-                return best_seconds(lambda: model(x))
+                return best_seconds(lambda: model(*inputs))
+        (x,) = inputs  # a sequential teacher was refused by check_runs_on
         graph = Graph(graph_folder(pipeline, graphs) / "teacher.onnx", backend,
                       threads=int(threads or torch.get_num_threads()), dtype=dtype, device=str(device))  # fmt: skip
         return best_seconds(lambda: graph(x=x))

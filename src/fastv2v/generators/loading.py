@@ -53,6 +53,17 @@ def teacher_of(model: Any) -> SplitGenerator | Vid2VidGenerator:
     return model if isinstance(model, SplitGenerator | Vid2VidGenerator) else model.teacher
 
 
+def call_inputs(generator: SplitGenerator | Vid2VidGenerator, height: int, width: int,
+                device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """Inputs of one call of ``generator`` at ``height`` x ``width``, values in [-1, 1], for timing
+    and counting (``device="meta"``: shapes only): a per-frame generator's frame; a sequential
+    (vid2vid) one's window of ``n_frames_G`` frames and its ``n_frames_G - 1`` previous outputs."""
+    frames = generator.n_frames_G if isinstance(generator, Vid2VidGenerator) else None
+    shapes = [(generator.input_nc, height, width)] if frames is None else [
+        (generator.input_nc * frames, height, width), (generator.output_nc * (frames - 1), height, width)]  # fmt: skip
+    return tuple(torch.empty(1, *shape, device=device).uniform_(-1, 1) for shape in shapes)
+
+
 def _known(cls, config: dict[str, Any]) -> dict[str, Any]:
     import inspect
 
