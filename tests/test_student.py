@@ -377,7 +377,7 @@ def test_translate_with_a_student_file(bundle_file, frames_dir, tmp_path, capsys
     assert "different teacher" in capsys.readouterr().err
     assert main(["translate", str(frames_dir), str(out), "--model", str(bundle_file), "--method", "spatial",
                  "--keyframes", "peaks"]) == 2  # fmt: skip
-    assert "--keyframes does not apply to --method spatial (it takes --kernels only)" in capsys.readouterr().err
+    assert "--keyframes does not apply to --method spatial (it takes --kernels, --subnet, --budget only)" in capsys.readouterr().err
     assert main(["translate", str(frames_dir), str(out), "--model", str(other), "--method", "fast"]) == 2
     assert "needs a trained student model file" in capsys.readouterr().err
     assert not out.exists()

@@ -65,6 +65,20 @@ def _add_kernels_option(p: argparse.ArgumentParser) -> None:
                    "equal to float rounding; no effect off the CPU)")  # fmt: skip
 
 
+def _add_subnet_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--subnet", default=None, metavar="wN[/D]", help="spatial, fast with an elastic student: the "
+                   "sub-network to run, N base channels on the input divided by D (e.g. w8, w16/2; default the "
+                   "whole student)")  # fmt: skip
+    p.add_argument("--budget", type=float, default=None, metavar="FRACTION", help="spatial, fast with an elastic "
+                   "student: run the costliest sub-network within this fraction of the teacher's MACs (e.g. 0.1)")  # fmt: skip
+
+
+def _subnet_settings(args: argparse.Namespace) -> dict:
+    if args.subnet is not None and args.budget is not None:
+        raise UserError("give --subnet or --budget, not both: --budget chooses the sub-network.")
+    return {"subnet": args.subnet, "budget": args.budget}
+
+
 def _interval(text: str) -> int | str:
     """``--interval``: a whole number >= 1, or ``auto``."""
     if text == "auto":
@@ -86,7 +100,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     pipeline = Pipeline.from_file(
         args.model, args.method, arch=args.arch, label_nc=args.label_nc, teacher=args.teacher, interval=args.interval,
         max_interval=args.max_interval, keyframes=args.keyframes, threshold=args.threshold, kernels=args.kernels,
-        start=args.start,
+        start=args.start, **_subnet_settings(args),
     )  # fmt: skip
     pipeline, args.dtype = _on_runtime(args, pipeline)
     if args.input_list is not None:
@@ -134,7 +148,7 @@ def cmd_live(args: argparse.Namespace) -> int:
         key, value = pair.split("=", 1)
         options[key] = value
     pipeline = Pipeline.from_file(args.model, args.method, arch=args.arch, interval=args.interval,
-                                  kernels=args.kernels)  # fmt: skip
+                                  kernels=args.kernels, **_subnet_settings(args))  # fmt: skip
     pipeline, dtype = _on_runtime(args, pipeline)
     if args.backend == "torch":
         from fastv2v.engine.translate import resolve_device
@@ -500,9 +514,33 @@ def cmd_distill_student(args: argparse.Namespace) -> int:
         lambda_gan=args.gan_weight, vgg_weights=args.vgg_weights, temporal=args.temporal, max_gap=args.max_gap,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, seed=args.seed, resume=args.resume,
         device=args.device, num_workers=args.workers, precision=args.precision, init=args.init, force=args.force,
-        cache_teacher=args.cache_teacher,
+        cache_teacher=args.cache_teacher, elastic=_elastic_subnets(args), temporal_shift=args.temporal_shift,
+        lambda_feat=args.feature_weight,
     )  # fmt: skip
     return _run_distillation(args, config, distill_student)
+
+
+def _elastic_subnets(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """``--elastic``'s sub-networks: the ones listed, or by default the whole student's width
+    times 1, 3/4, 1/2, 1/4 (the whole numbers among them) on the full and the half input."""
+    if args.elastic is None:
+        return None
+    if args.body != "pruned" or not args.width:
+        raise UserError("--elastic needs --body pruned and its --width (e.g. --body pruned --width 16).")
+    if args.elastic != "default":
+        return tuple(item.strip() for item in args.elastic.split(",") if item.strip())
+    widths = sorted({args.width * k // 4 for k in (4, 3, 2, 1) if args.width * k % 4 == 0 and args.width * k >= 4},
+                    reverse=True)  # fmt: skip
+    return tuple(f"w{w}" + suffix for suffix in ("", "/2") for w in widths)
+
+
+def _fraction(text: str) -> float:
+    from fastv2v.generators.elastic import parse_fraction
+
+    try:
+        return parse_fraction(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _vid2vid_teacher(args: argparse.Namespace) -> bool:
@@ -515,7 +553,8 @@ def _vid2vid_teacher(args: argparse.Namespace) -> bool:
 
 #: distill student options that a per-frame student has and a vid2vid one does not, with their defaults
 _PER_FRAME_STUDENT = {"body": "inverted", "expansion": 2, "blocks": None, "motion_weight": 1.0, "gan_weight": 1.0,
-                      "temporal": False, "cache_teacher": False, "data": None}  # fmt: skip
+                      "temporal": False, "cache_teacher": False, "data": None, "elastic": None,
+                      "temporal_shift": 0.0, "feature_weight": 5.0}  # fmt: skip
 
 
 def _distill_vid2vid_student(args: argparse.Namespace) -> int:
@@ -684,7 +723,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from fastv2v.export import export_onnx
 
-    manifest = export_onnx(args.model, args.out, size=args.size, opset=args.opset)
+    from fastv2v.pipeline import Pipeline
+
+    pipeline = Pipeline.from_file(args.model, args.method, **_subnet_settings(args))
+    manifest = export_onnx(pipeline, args.out, size=args.size, opset=args.opset)
     for name in json.loads(manifest.read_text())["graphs"].values():
         print(f"wrote {manifest.parent / name['file']}")
     print(f"wrote {manifest}")
@@ -740,6 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "first tG-1 frames of this real video or folder are the first outputs) or model:PATH (a per-frame "
                    "generator makes the first tG-1 outputs)")  # fmt: skip
     _add_kernels_option(p)
+    _add_subnet_options(p)
     p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("live", help="translate a camera, network stream or standard input in real time, under a "
@@ -781,6 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, metavar="FILE", help="write a JSON summary (fps, latency percentiles, counts)")
     p.add_argument("--quiet", action="store_true", help="no per-second lines")
     _add_kernels_option(p)
+    _add_subnet_options(p)
     p.set_defaults(func=cmd_live)
 
     prepare = sub.add_parser("prepare", help="preprocess raw videos into model inputs").add_subparsers(
@@ -871,6 +915,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "in the output L1 (default 1; 0: plain L1)")  # fmt: skip
     p.add_argument("--gan-weight", type=float, default=1.0, help="weight of the LSGAN term (default 1; 0: no "
                    "discriminator at all, fidelity to the teacher only)")  # fmt: skip
+    p.add_argument("--feature-weight", type=float, default=5.0, help="weight of the mapped body-feature L1 "
+                   "(default 5; 0 for a warm start from --init, whose mapping is not in the file)")  # fmt: skip
     p.add_argument("--temporal", action="store_true", help="also part-time (temporal) distillation on pairs up to "
                    "--max-gap frames apart (student on both frames; twice the step time)")  # fmt: skip
     p.add_argument("--max-gap", type=int, default=None, help="--temporal: largest pair gap (default 3); vid2vid "
@@ -881,6 +927,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "begin at the video's first frame, whose error every later frame inherits (default 8)")  # fmt: skip
     p.add_argument("--init", default=None, metavar="STUDENT", help="start from the student in this model file "
                    "(same teacher and student settings) instead of the teacher's layers: a warm start")  # fmt: skip
+    p.add_argument("--elastic", nargs="?", const="default", default=None, metavar="SUBNETS", help="--body pruned: "
+                   "train one student whose narrower and lower-resolution sub-networks run too (Anycost's sandwich "
+                   "rule; pick one at run time with translate --subnet or --budget). Default: --width x 1, 3/4, 1/2, "
+                   "1/4 on the full and the half input; or a list such as w16,w8,w4,w16/2")  # fmt: skip
+    p.add_argument("--temporal-shift", type=_fraction, default=0.0, metavar="FRACTION", help="--body pruned: in "
+                   "every residual block this fraction of channels (e.g. 1/8) comes from the previous frame (TSM's "
+                   "online shift, no extra MACs); trains on frame pairs with the temporal term, as --temporal")  # fmt: skip
     _add_distillation_options(p, "student.safetensors")
     p.set_defaults(func=cmd_distill_student)
 
@@ -963,6 +1016,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=None, metavar="HxW",
                    help="frame size to trace at (default 64x64 or the nearest the model takes); H and W stay dynamic")  # fmt: skip
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; the Shortcut block needs >= 16)")
+    p.add_argument("--method", default=None, help="the method whose graphs to export (default: the file's own)")
+    _add_subnet_options(p)
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -237,6 +237,8 @@ def export_onnx(path_or_pipeline: Any, out_dir: str | os.PathLike, *, size: tupl
     multiple = int(teacher.size_multiple)
     block = getattr(pipeline.model, "block", None) if kind == "shortcut" else None
     student = getattr(pipeline.model, "student", None) if kind == "student" else None
+    if student is not None and hasattr(pipeline.method, "run"):  # spatial / fast: the sub-network they run
+        student = pipeline.method.run.student
     if block is not None and opset < 16:
         raise UserError(f"the Shortcut block's deformable sampling needs ONNX GridSample (opset 16 or newer), "
                         f"not opset {opset}; pass --opset 17.")  # fmt: skip
@@ -273,11 +275,13 @@ def export_onnx(path_or_pipeline: Any, out_dir: str | os.PathLike, *, size: tupl
         graphs["shortcut_step"] = _export(step, (x, *reference), out / "shortcut_step.onnx", ["x"] + state,
                                           ["y", "drift"], dyn, opset, "Shortcut-V2V block (non-key frame)")  # fmt: skip
         graphs["shortcut_step"]["runs"] = "non-key frames: takes the last key frame's state outputs by name"
-    if student is not None:
+    if student is not None and getattr(student, "temporal_shift", 0.0):
+        graphs.update(_shifted_student_graphs(student.cpu().eval(), x, out, frame, opset))
+    elif student is not None:
         student = student.cpu().eval()
         graphs["student"] = _export(student, (x,), out / "student.onnx", ["x"], ["y"], frame, opset,
                                     "spatial student")  # fmt: skip
-        graphs["student"]["runs"] = "every frame (spatial) or key frames (fast); it halves the input inside"
+        graphs["student"]["runs"] = "every frame (spatial) or key frames (fast); it shrinks the input inside"
         if pipeline.name != "spatial":
             notes.append(f"method {pipeline.name} fills the frames between key frames by optical-flow "
                          "interpolation (fastv2v.methods.interpolate), which is not exported")  # fmt: skip
@@ -289,6 +293,53 @@ def export_onnx(path_or_pipeline: Any, out_dir: str | os.PathLike, *, size: tupl
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     return path
+
+
+class StudentFirst(nn.Module):
+    """A temporally shifted student's first frame: ``x -> (y, present...)`` (no previous frame)."""
+
+    def __init__(self, student: nn.Module):
+        super().__init__()
+        self.student = student
+
+    def forward(self, x: torch.Tensor):
+        from fastv2v.generators.elastic import run_layers
+
+        out = run_layers(self.student, x, divisor=self.student.scale)
+        return (out.y, *out.present)
+
+
+class StudentNext(StudentFirst):
+    """Every later frame: ``(x, past...) -> (y, present...)``, the last call's ``present`` as ``past``."""
+
+    def forward(self, x: torch.Tensor, *past: torch.Tensor):
+        from fastv2v.generators.elastic import run_layers
+
+        out = run_layers(self.student, x, divisor=self.student.scale, past=past)
+        return (out.y, *out.present)
+
+
+def _shifted_student_graphs(student: nn.Module, x: torch.Tensor, out: Path, frame: dict, opset: int) -> dict:
+    """``student_first.onnx`` and ``student_next.onnx``: the shift's memory of the last frame as
+    explicit outputs and inputs (state in, state out, as TSM's online demo)."""
+    first, after = StudentFirst(student).eval(), StudentNext(student).eval()
+    with torch.no_grad():
+        present = first(x)[1:]
+    past_names = [f"past{i}" for i in range(len(present))]
+    present_names = [f"present{i}" for i in range(len(present))]
+    dyn = dict(frame)
+    for name, tensor in zip(past_names + present_names, list(present) * 2):
+        stride = x.shape[-2] // tensor.shape[-2]
+        dyn[name] = {2: f"height/{stride}", 3: f"width/{stride}"}
+    graphs = {
+        "student_first": _export(first, (x,), out / "student_first.onnx", ["x"], ["y"] + present_names, dyn, opset,
+                                 "temporally shifted student (first frame)"),
+        "student_next": _export(after, (x, *present), out / "student_next.onnx", ["x"] + past_names,
+                                ["y"] + present_names, dyn, opset, "temporally shifted student (next frames)"),
+    }  # fmt: skip
+    graphs["student_first"]["runs"] = "the student's first frame of a video: y plus the shift's state"
+    graphs["student_next"]["runs"] = "each later student frame: feed the last call's present<i> as past<i>"
+    return graphs
 
 
 def _manifest(pipeline: Any, teacher: Any, graphs: dict, opset: int, traced: tuple[int, int], notes: list) -> dict:
@@ -308,6 +359,11 @@ def _manifest(pipeline: Any, teacher: Any, graphs: dict, opset: int, traced: tup
             reuse_gate="not in the graph (a data-dependent branch): when reuse_below > 0 and a step's drift < "
             "reuse_below, show the last key frame's y instead of the step's y",
         )  # fmt: skip
+    elif "student_first" in graphs:
+        schedule.update(first_frame="student_first", key="student_next", state="present<i> of one student call is "
+                        "past<i> of the next (the temporal shift's memory of the last student frame)",
+                        rule="every frame" if pipeline.name == "spatial" else "key frames by the method's schedule "
+                        "(keyframes setting)")  # fmt: skip
     elif "student" in graphs:
         schedule.update(key="student", rule="every frame" if pipeline.name == "spatial" else "key frames by the "
                         "method's schedule (keyframes setting)")  # fmt: skip

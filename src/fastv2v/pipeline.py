@@ -30,7 +30,7 @@ from fastv2v.generators.base import SplitGenerator
 #: Command-line spelling of each setting, for messages.
 _OPTION = {"interval": "--interval", "max_interval": "--max-interval", "keyframes": "--keyframes",
            "threshold": "--threshold", "reuse_below": "--reuse-below", "kernels": "--kernels",
-           "start": "--start"}  # fmt: skip
+           "start": "--start", "subnet": "--subnet", "budget": "--budget"}  # fmt: skip
 
 
 def registry() -> dict[str, type]:

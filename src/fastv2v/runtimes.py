@@ -153,13 +153,19 @@ def graph_folder(pipeline: Any, graphs: str | os.PathLike | None = None) -> Path
             raise UserError(f"{folder} holds graphs exported from {made_from.get('file') or 'another model'}, not from "
                             f"{pipeline.path.name} (their SHA-256 differs); export this model with fastv2v export "
                             f"--model {pipeline.path} --out DIR, or drop --graphs to export into the cache.")  # fmt: skip
+        theirs = manifest.get("method", {}).get("settings", {}).get("subnet")
+        if theirs != pipeline.settings.get("subnet"):
+            raise UserError(f"{folder} holds the graphs of sub-network {theirs}, not {pipeline.settings.get('subnet')}; "
+                            "export again with fastv2v export --subnet, or drop --graphs.")  # fmt: skip
         return folder
     if digest is None:
         folder = Path(tempfile.mkdtemp(prefix="fastv2v-graphs-"))
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         export_onnx(pipeline, folder)
         return folder
-    folder = cache_root() / "graphs" / f"{digest[:24]}-v{FORMAT_VERSION}"
+    subnet = pipeline.settings.get("subnet")  # an elastic student's graphs are those of one sub-network
+    part = f"-{subnet.replace('/', 'd')}" if subnet else ""
+    folder = cache_root() / "graphs" / f"{digest[:24]}{part}-v{FORMAT_VERSION}"
     if not _complete(folder):  # absent, or an export cut short
         print(f"fastv2v: exporting {pipeline.path.name} to ONNX once (cached in {folder})", file=sys.stderr, flush=True)
         export_onnx(pipeline, folder)
@@ -228,6 +234,11 @@ def check_runs_on(pipeline: Any, backend: str) -> None:
     if pipeline.name not in ON_GRAPHS:
         raise UserError(f"--method {pipeline.name} runs the teacher's layers one by one and stays on --backend torch; "
                         f"the graph backends run {', '.join(ON_GRAPHS)}.")  # fmt: skip
+    run = getattr(pipeline.method, "run", None)
+    if getattr(run, "shifts", False):
+        raise UserError(f"{pipeline.label}'s student has the temporal shift, whose state the graph backends do not "
+                        "carry yet; use --backend torch (fastv2v export writes its first/next graphs for your own "
+                        "runtime).")  # fmt: skip
 
 
 def on_backend(pipeline: Any, backend: str, *, dtype: str = "fp32", threads: int | None = None,
@@ -265,6 +276,7 @@ def on_backend(pipeline: Any, backend: str, *, dtype: str = "fp32", threads: int
         method = ShortcutOnGraphs(pipeline.method, graph("shortcut_key"), step, multiple)
     elif pipeline.name in ("spatial", "fast"):
         method.run = GraphStudent(graph("student"), pipeline.method.run.kernels)
+        method.subnets = None  # one sub-network's graph: no switching
     else:
         method.teacher = GraphTeacher(pipeline.teacher, graph("teacher"))
     label = f"{pipeline.label} [{backend}{'' if dtype == 'fp32' else ' ' + dtype}]"

@@ -84,8 +84,9 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        keyframes = self.settings.get("keyframes")
-        extra = f" keyframes={keyframes}" if keyframes else ""
+        keyframes, subnet = self.settings.get("keyframes"), self.settings.get("subnet")
+        extra = f"[{subnet}]" if subnet else ""
+        extra += f" keyframes={keyframes}" if keyframes else ""
         extra += f" {self.dtype}" if self.dtype != "fp32" else ""
         return self.method + (f"@{self.interval}" if self.interval not in (None, 1) else "") + extra
 

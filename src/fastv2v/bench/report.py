@@ -126,7 +126,7 @@ def table(rows: list[dict], ground_truth: bool) -> list[str]:
         psnr = "reference" if teacher else _pair(r["psnr_vs_teacher"], r["psnr_vs_teacher_nonkey"], 2)
         ssim = "reference" if teacher else _pair(r["ssim_vs_teacher"], r["ssim_vs_teacher_nonkey"], 4)
         cells = [
-            _with_runtime(r["method"], r, rows), str(r["interval"] if r["interval"] is not None else "—"), f"{r['keyframes']}/{r['frames']}",
+            _with_runtime(_method_text(r), r, rows), str(r["interval"] if r["interval"] is not None else "—"), f"{r['keyframes']}/{r['frames']}",
             f"{_g(_macs(r['macs_per_frame'], 'paper'))} / {_g(_macs(r['macs_per_frame'], 'exact'))}",
             _g(_macs(r["macs_nonkey"], "paper")), _f(r["params_m"], 3), _f(r["ms_per_frame"], 1),
             _f(r["speedup_vs_teacher"], 2) + "×", _f(r["e2e_fps"], 1),
@@ -199,8 +199,14 @@ def _motion_text(report: dict) -> str:
 
 
 def _row_label(r: dict) -> str:
-    """A result row as ``method@interval`` (``method`` alone when it has no interval)."""
-    return r["method"] if r["interval"] is None else f"{r['method']}@{r['interval']}"
+    """A result row as ``method@interval`` (``method`` alone when it has no interval), with the
+    elastic sub-network it ran when it names one (``spatial[w8/2]``)."""
+    return _method_text(r) if r["interval"] is None else f"{_method_text(r)}@{r['interval']}"
+
+
+def _method_text(r: dict) -> str:
+    subnet = (r.get("settings") or {}).get("subnet")
+    return f"{r['method']}[{subnet}]" if subnet else r["method"]
 
 
 def _with_runtime(text: str, r: dict, rows: list[dict]) -> str:

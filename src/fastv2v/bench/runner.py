@@ -540,6 +540,21 @@ def runs_for(names: Sequence[str], steps: Sequence[int]) -> list[tuple[str, int 
     return runs
 
 
+def with_subnets(model: Any, runs: Sequence[tuple]) -> list[tuple]:
+    """``runs`` with every ``spatial`` run that names no sub-network repeated once per
+    sub-network of an elastic student (each its own row, widest first); other models unchanged."""
+    student = getattr(model, "student", None)
+    labels = list(getattr(student, "config", {}).get("elastic") or [])
+    out: list[tuple] = []
+    for run in runs:
+        name, interval, settings = run if len(run) == 3 else (*run, {})
+        if name == "spatial" and len(labels) > 1 and "subnet" not in settings and "budget" not in settings:
+            out += [(name, interval, {**settings, "subnet": label}) for label in labels]
+        else:
+            out.append((name, interval, settings))
+    return out
+
+
 def _bench_model(
     entry: ModelEntry, inp: BenchInput, runs, size, dev, dtype, e2e, repeats, folder, report, progress, perceptual,
     shared: dict,
@@ -577,6 +592,7 @@ def _bench_model(
     fingerprint = (teacher_fingerprint(g), repr(resizer), runtime)
     teachers, measured = shared.setdefault("teachers", {}), shared.setdefault("runs", {})
     references = shared.setdefault("references", {})  # the torch teacher, which other runtimes are judged by
+    runs = with_subnets(entry.model, runs)
     for index, run in enumerate(runs):
         name, interval, settings = run if len(run) == 3 else (*run, {})
         label = (name if interval is None else f"{name}@{interval}") + "".join(f" {k}={v}" for k, v in settings.items())

@@ -169,6 +169,9 @@ class SpatialStudent(SplitGenerator):
         expansion: int = DEFAULT_EXPANSION,
         activation: str = "relu",
         teacher_arch: str | None = None,
+        divisor: int = 1,
+        temporal_shift: float = 0.0,
+        elastic: list[str] | None = None,
     ):
         super().__init__()
         if body not in BODIES:
@@ -185,12 +188,21 @@ class SpatialStudent(SplitGenerator):
         if body == "inverted" and (width < 1 or expansion < 1 or n_blocks < 0):
             raise UserError(f"the inverted body needs width >= 1, expansion >= 1 and blocks >= 0, not "
                             f"{width}, {expansion}, {n_blocks}.")  # fmt: skip
+        if (divisor != 1 or temporal_shift or elastic) and not pruned:
+            raise UserError("input divisors, the temporal shift and elastic sub-networks need --body pruned.")
+        if divisor not in (1, 2, 4) or not 0 <= temporal_shift < 1:
+            raise UserError(f"a student's input divisor is 1, 2 or 4 and its temporal shift a fraction in [0, 1), "
+                            f"not {divisor} and {temporal_shift}.")  # fmt: skip
         self.config: dict[str, Any] = dict(
             arch="student", teacher_arch=teacher_arch, input_nc=input_nc, output_nc=output_nc, ngf=ngf,
             n_downsampling=n_downsampling, n_blocks=n_blocks, norm=norm, use_dropout=use_dropout,
             padding_type=padding_type, use_bias=use_bias, label_nc=label_nc, use_instance=use_instance, body=body,
             width=width, expansion=expansion, activation=activation,
         )  # fmt: skip
+        # only when set, so files written before these existed keep their exact configuration
+        extra = {"divisor": divisor, "temporal_shift": float(temporal_shift), "elastic": list(elastic or []) or None}
+        self.config.update({k: v for k, v in extra.items() if v not in (1, 0.0, None)})
+        self.temporal_shift = float(temporal_shift)
         self.input_nc, self.output_nc = input_nc, output_nc
         self.label_nc, self.use_instance = label_nc, use_instance
         self.body_kind = body
@@ -207,9 +219,9 @@ class SpatialStudent(SplitGenerator):
             body_end = head_end + len(new_body)
         self.model = nn.Sequential(*layers)
         self.split = (head_end, body_end)
-        # the half-resolution input must survive n_downsampling - 1 stride-2 stages and come back
-        self.size_multiple = 2 * 2 ** (n_downsampling - 1)
-        self.scale = 1 if pruned else 2  # how much the input is shrunk before the network
+        # the shrunk input must survive the stride-2 stages and come back
+        self.scale = divisor if pruned else 2  # how much the input is shrunk before the network
+        self.size_multiple = self.scale * 2 ** (n_downsampling - (0 if pruned else 1))
 
     @property
     def feature_channels(self) -> int:
@@ -234,14 +246,37 @@ class SpatialStudent(SplitGenerator):
         h, w = x.shape[-2:]
         if h % self.size_multiple or w % self.size_multiple:
             self.check_size(h, w, "the model input")
-        if self.scale == 1:  # a pruned student takes the input as it is
-            return x
-        return halve_input(x, self.label_nc)
+        for _ in range(self.scale.bit_length() - 1):  # a pruned student at divisor 1 takes it as it is
+            x = halve_input(x, self.label_nc)
+        return x
+
+    def upsample_output(self, y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The output at the input's ``size``: a pruned student on a divided input answers at
+        that smaller size and is brought back bilinearly; every other student already is full size."""
+        if tuple(y.shape[-2:]) == tuple(size):
+            return y
+        return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
 
     # -- running -----------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, features: bool = False):
-        return self.forward_low(self.downsample_input(x), features)
+        out = self.forward_low(self.downsample_input(x), features)
+        if self.scale == 1 or self.body_kind != "pruned":
+            return out
+        if features:
+            return self.upsample_output(out[0], x.shape[-2:]), out[1]
+        return self.upsample_output(out, x.shape[-2:])
+
+    def step(self, x: torch.Tensor, past=None):
+        """One frame of a video with the temporal shift (:mod:`fastv2v.generators.elastic`):
+        ``(output, present)``; ``past`` is the previous call's ``present`` (None at a video's first
+        frame). Without a shift ``present`` is empty and the output is ``self(x)``."""
+        from fastv2v.generators.elastic import run_layers
+
+        if not self.temporal_shift:
+            return self(x), ()
+        out = run_layers(self, x, divisor=self.scale, past=past)
+        return out.y, out.present
 
     def forward_low(self, x_low: torch.Tensor, features: bool = False):
         """The student on an input that is already at half resolution."""
@@ -281,6 +316,8 @@ def student_from_teacher(
     expansion: int = DEFAULT_EXPANSION,
     blocks: int | None = None,
     activation: str = "relu",
+    temporal_shift: float = 0.0,
+    elastic: list[str] | None = None,
 ) -> SpatialStudent:
     """A student for ``teacher``, its weights copied from the teacher wherever the layer exists
     in both: head (the stride-1 conv keeps the teacher's kernel) and tail always, the body too
@@ -303,7 +340,8 @@ def student_from_teacher(
         n_blocks=blocks, norm=cfg.get("norm", "instance"), use_dropout=bool(cfg.get("use_dropout", False)),
         padding_type=cfg.get("padding_type", "reflect"), use_bias=first.bias is not None,
         label_nc=teacher.label_nc, use_instance=bool(getattr(teacher, "use_instance", False)), body=body,
-        width=width, expansion=expansion, activation=activation, teacher_arch=arch,
+        width=width, expansion=expansion, activation=activation, teacher_arch=arch, temporal_shift=temporal_shift,
+        elastic=elastic,
     )  # fmt: skip
     if body == "pruned":
         prune_from(teacher, student)

@@ -27,6 +27,7 @@ the plain modules under the MAC counter, with gradients, and off the CPU).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -44,23 +45,101 @@ __all__ = ["FAST_INTERPOLATION", "Fast", "Spatial", "StudentRunner"]
 
 class StudentRunner:
     """``runner(x)`` = ``student(x)`` for inference; with ``kernels="fast"`` (opt-in) the tail
-    runs the CPU fast kernels. Follows the input's device (the engine moves only the teacher)."""
+    runs the CPU fast kernels. Follows the input's device (the engine moves only the teacher).
+    A student with the temporal shift runs frame by frame: ``runner.step(x, past)`` gives
+    ``(y, present)`` (:meth:`SpatialStudent.step`)."""
 
     def __init__(self, student: SpatialStudent, kernels: str = "torch"):
         self.student = student
         self.kernels = kernel_choice(kernels)
+        self.shifts = bool(getattr(student, "temporal_shift", 0.0))
+        if self.shifts and self.kernels == "fast":
+            raise UserError("--kernels fast is not available for a student with the temporal shift; use torch.")
         self._tail = None  # built on the first call
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def _follow(self, x: torch.Tensor) -> SpatialStudent:
         s = self.student
         p = next(s.parameters(), None)
         if p is not None and p.device != x.device:
             s.to(x.device)
+        return s
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        s = self._follow(x)
         if self._tail is None:
             from fastv2v.generators.fast_parts import fast_tail
 
             self._tail = fast_tail(s) if self.kernels == "fast" else s.tail
-        return self._tail(s.body(s.head(s.downsample_input(x))))
+        return s.upsample_output(self._tail(s.body(s.head(s.downsample_input(x)))), x.shape[-2:])
+
+    def step(self, x: torch.Tensor, past: tuple = ()) -> tuple[torch.Tensor, tuple]:
+        """One frame of a video: ``(y, present)``; without a shift ``(runner(x), ())``."""
+        if not self.shifts:
+            return self(x), ()
+        return self._follow(x).step(x, past or None)
+
+
+@dataclass
+class StudentState:
+    """Per-video state of ``spatial`` (and of ``fast``'s key frames): the sub-network running now
+    (None: the method's own) and the temporal shift's memory of the last frame it ran."""
+
+    subnet: str | None = None
+    past: tuple = ()
+
+
+class Subnetworks:
+    """The sub-networks of one (elastic) student, each copied out once when first used, so a
+    video can switch between them at any frame without reloading anything."""
+
+    def __init__(self, student: SpatialStudent, kernels: str):
+        from fastv2v.generators.elastic import Subnet
+
+        self.student, self.kernels = student, kernels
+        self.labels = list(student.config.get("elastic") or [Subnet(int(student.config["width"])).label])
+        self.whole = self.labels[0]
+        self._runners: dict[str, StudentRunner] = {}
+
+    def check(self, label: str | None) -> str:
+        """``label`` as a known sub-network (None: the whole student); one sentence otherwise."""
+        from fastv2v.generators.elastic import Subnet
+
+        if label is None:
+            return self.whole
+        wanted = Subnet.parse(label).label
+        if wanted not in self.labels:
+            raise UserError(f"this student has no sub-network {label!r}; it has {', '.join(self.labels)}"
+                            + ("" if len(self.labels) > 1 else " (it was not distilled with --elastic)") + ".")
+        return wanted
+
+    def runner(self, label: str | None) -> StudentRunner:
+        label = self.check(label)
+        if label not in self._runners:
+            from fastv2v.generators.elastic import Subnet, subnetwork
+
+            sub = Subnet.parse(label)
+            whole = sub.width == int(self.student.config["width"]) and sub.divisor == 1
+            model = self.student if whole else subnetwork(self.student, sub).eval()
+            self._runners[label] = StudentRunner(model, self.kernels)
+        return self._runners[label]
+
+    def by_budget(self, teacher: SplitGenerator, budget: float) -> str:
+        """The costliest sub-network within ``budget`` x the teacher's MACs (exact convention)."""
+        from fastv2v.generators.loading import call_inputs
+        from fastv2v.metrics.profile import profile
+
+        if not budget > 0:
+            raise UserError(f"--budget is a fraction of the teacher's MACs above 0 (e.g. 0.3), not {budget}.")
+        h = w = self.student.size_multiple * 16
+        teacher_macs = profile(teacher, *call_inputs(teacher, h, w, "meta")).macs_exact
+        costs = {label: profile(self.runner(label).student, *call_inputs(teacher, h, w, "meta")).macs_exact
+                 for label in self.labels}  # fmt: skip
+        fitting = [label for label, macs in costs.items() if macs <= budget * teacher_macs]
+        if not fitting:
+            cheapest = min(costs, key=costs.get)
+            raise UserError(f"no sub-network of this student costs at most {budget:g} of the teacher's MACs; the "
+                            f"cheapest, {cheapest}, costs {costs[cheapest] / teacher_macs:.3f}. Raise --budget.")
+        return max(fitting, key=costs.get)
 
 
 def _student_for(teacher: SplitGenerator, student: SpatialStudent | None, kwargs: dict[str, Any]) -> SpatialStudent:
@@ -77,43 +156,92 @@ def _student_for(teacher: SplitGenerator, student: SpatialStudent | None, kwargs
 
 @register
 class Spatial(OnlineMethod):
-    """The spatial student on every frame (Fast-Vid2Vid's spatial compression alone)."""
+    """The spatial student on every frame (Fast-Vid2Vid's spatial compression alone).
+
+    ``subnet``: the sub-network of an elastic student to run (``w8``, ``w16/2``; None: the whole
+    student), or ``budget``: the costliest one within that fraction of the teacher's MACs. A
+    student with the temporal shift keeps its memory of the last frame in the per-video state
+    (:class:`StudentState`), so it runs frame by frame; :meth:`switch` changes the sub-network of
+    a video between two frames."""
 
     name = "spatial"
     model_kind = KIND
     uses_interval = False
+    SETTINGS = ("kernels", "subnet", "budget")
 
     def __init__(self, teacher: SplitGenerator, interval: int = 1, student: SpatialStudent | None = None,
-                 kernels: str = "torch", **student_kwargs):  # fmt: skip
+                 kernels: str = "torch", subnet: str | None = None, budget: float | None = None,
+                 **student_kwargs):  # fmt: skip
         super().__init__(teacher, 1)
         self.student = _student_for(teacher, student, student_kwargs)
-        self.run = StudentRunner(self.student, kernels)
-
-    batchable = True  # stateless: a batch of frames runs in one call (the engine's --batch)
-    SETTINGS = ("kernels",)
+        self.subnets = Subnetworks(self.student, kernel_choice(kernels))
+        self.subnet = _chosen(self.subnets, teacher, subnet, budget)
+        self.run = self.subnets.runner(self.subnet)
+        self.batchable = not self.run.shifts  # stateless: a batch of frames runs in one call (--batch)
 
     @classmethod
-    def from_model(cls, model: Any, *, kernels: str | None = None) -> "Spatial":
-        """From a student model file's bundle: every frame runs the student."""
-        return cls(model.teacher, student=_trained_student(model, cls.name), kernels=kernel_choice(kernels))
+    def from_model(cls, model: Any, *, kernels: str | None = None, subnet: str | None = None,
+                   budget: float | None = None) -> "Spatial":  # fmt: skip
+        """From a student model file's bundle: every frame runs the student (or its ``subnet``)."""
+        return cls(model.teacher, student=_trained_student(model, cls.name), kernels=kernel_choice(kernels),
+                   subnet=subnet, budget=budget)  # fmt: skip
 
     def settings(self) -> dict[str, Any]:
-        return {"kernels": self.run.kernels}
+        return {"kernels": self.run.kernels, "subnet": _shown(self.subnets, self.subnet)}
 
     def parameter_count(self) -> int:
-        return count_parameters(self.student)  # the teacher only rides along in the file; it never runs
+        return count_parameters(self.run.student)  # the teacher only rides along in the file; it never runs
 
-    def step(self, x: torch.Tensor, state: StreamState) -> tuple[torch.Tensor, StreamState, bool]:
-        return self.run(x), state, True
+    def init_state(self) -> StudentState:
+        return StudentState(self.subnet)
 
-    def push(self, x: torch.Tensor, state: StreamState):
-        return [(y, True) for y in self.run(x).split(1)], state
+    def switch(self, state: StudentState, subnet: str | None) -> StudentState:
+        """``state`` with the sub-network ``subnet`` (None: the method's own) from the next frame on."""
+        return replace(state, subnet=_switchable(self).check(subnet or self.subnet))
+
+    def step(self, x: torch.Tensor, state: StudentState) -> tuple[torch.Tensor, StudentState, bool]:
+        run = _runner(self, state)
+        if not getattr(run, "shifts", False):  # also a graph backend's student
+            return run(x), state, True
+        y, present = run.step(x, state.past)
+        return y, replace(state, past=present), True
+
+    def push(self, x: torch.Tensor, state: StudentState):
+        run = _runner(self, state)
+        if not getattr(run, "shifts", False):  # also a graph backend's student
+            return [(y, True) for y in run(x).split(1)], state
+        return super().push(x, state)
 
     def non_key_path(self):
         return self.run
 
     def describe(self) -> dict[str, Any]:
-        return {"student": _summary(self.student)}
+        return {"student": _summary(self.run.student)}
+
+
+def _runner(method: Any, state: StudentState):
+    """What runs ``state``'s sub-network: the method's own runner (which a graph backend replaces),
+    or another sub-network's after a switch."""
+    return method.run if state.subnet == method.subnet else method.subnets.runner(state.subnet)
+
+
+def _switchable(method: Any) -> Subnetworks:
+    if method.subnets is None:
+        raise UserError("this pipeline runs one sub-network's graph on a graph backend; switching sub-networks "
+                        "needs --backend torch.")  # fmt: skip
+    return method.subnets
+
+
+def _chosen(subnets: Subnetworks, teacher: SplitGenerator, subnet: str | None, budget: float | None) -> str:
+    """The sub-network to run: the one ``budget`` affords (it wins over a ``subnet`` a file stores), else ``subnet``."""
+    if budget is not None:
+        return subnets.by_budget(teacher, float(budget))
+    return subnets.check(subnet)
+
+
+def _shown(subnets: Subnetworks, subnet: str) -> str | None:
+    """The ``subnet`` setting as stored: None for the whole student of a student that is not elastic."""
+    return subnet if len(subnets.labels) > 1 else None
 
 
 #: ``fast``'s interpolation settings unless given (see :class:`Fast`), on any teacher.
@@ -139,37 +267,59 @@ class Fast(Interp):
     model_kind = KIND
     uses_interval = True
 
-    SETTINGS = ("interval", "keyframes", "kernels")
+    SETTINGS = ("interval", "keyframes", "kernels", "subnet", "budget")
 
     def __init__(self, teacher: SplitGenerator, interval: int = DEFAULT_INTERVAL, keyframes: Any = None, *,
                  student: SpatialStudent | None = None, student_kwargs: dict | None = None, kernels: str = "torch",
-                 **interp_kwargs):  # fmt: skip
+                 subnet: str | None = None, budget: float | None = None, **interp_kwargs):  # fmt: skip
         super().__init__(teacher, interval, keyframes, **{**FAST_INTERPOLATION, **interp_kwargs})
         self.student = _student_for(teacher, student, dict(student_kwargs or {}))
-        self.run = StudentRunner(self.student, kernels)
+        self.subnets = Subnetworks(self.student, kernel_choice(kernels))
+        self.subnet = _chosen(self.subnets, teacher, subnet, budget)
+        self.run = self.subnets.runner(self.subnet)
 
     @classmethod
     def from_model(cls, model: Any, *, interval: int | None = None, keyframes: Any = None,
-                   kernels: str | None = None) -> "Fast":  # fmt: skip
+                   kernels: str | None = None, subnet: str | None = None, budget: float | None = None) -> "Fast":  # fmt: skip
         """From a student model file's bundle; ``interval`` None: the file's."""
         if interval == "auto":
             raise UserError("--interval auto is for --method shortcut; for --method fast use --keyframes auto "
                             "(adaptive key frames) or a whole-number --interval.")  # fmt: skip
         student = _trained_student(model, cls.name)
         return cls(model.teacher, whole_interval(interval, model.interval), keyframes, student=student,
-                   kernels=kernel_choice(kernels))  # fmt: skip
+                   kernels=kernel_choice(kernels), subnet=subnet, budget=budget)  # fmt: skip
 
     def settings(self) -> dict[str, Any]:
-        return {**super().settings(), "kernels": self.run.kernels}
+        return {**super().settings(), "kernels": self.run.kernels, "subnet": _shown(self.subnets, self.subnet)}
+
+    def init_state(self):
+        state = super().init_state()
+        state.teacher_state = StudentState(self.subnet)
+        return state
+
+    def switch(self, state, subnet: str | None):
+        """``state`` with the sub-network ``subnet`` for the key frames from the next one on."""
+        state.teacher_state = replace(state.teacher_state, subnet=_switchable(self).check(subnet or self.subnet))
+        return state
 
     def key_output(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)
 
+    def key_frame_output(self, s, frame) -> tuple[torch.Tensor, bool]:
+        """The student at a key frame; a temporally shifted student remembers the last key frame."""
+        student_state = s.teacher_state
+        run = _runner(self, student_state)
+        if not getattr(run, "shifts", False):
+            return run(frame.x), True
+        y, present = run.step(frame.x, student_state.past)
+        s.teacher_state = replace(student_state, past=present)
+        return y, True
+
     def parameter_count(self) -> int:
-        return count_parameters(self.student)
+        return count_parameters(self.run.student)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "student": _summary(self.student)}
+        return {**super().describe(), "student": _summary(self.run.student)}
 
 
 
@@ -183,4 +333,5 @@ def _trained_student(model: Any, name: str) -> SpatialStudent:
 
 def _summary(student: SpatialStudent) -> dict[str, Any]:
     c = student.config
-    return {"body": c["body"], "width": c["width"], "blocks": c["n_blocks"], "expansion": c["expansion"]}
+    extra = {k: c[k] for k in ("divisor", "temporal_shift", "elastic") if c.get(k)}
+    return {"body": c["body"], "width": c["width"], "blocks": c["n_blocks"], "expansion": c["expansion"], **extra}

@@ -124,12 +124,27 @@ class StudentTrainingConfig(DistillationConfig):
     precision: str = "fp32"
     init: str | None = None
     cache_teacher: bool = False  # footage only: the teacher's f/y per (centre-cropped) frame read from disk
+    elastic: tuple[str, ...] | None = None
+    lambda_consistency: float = 5.0
+    temporal_shift: float = 0.0
+
+    @property
+    def paired(self) -> bool:
+        """Whether the student runs on both frames of a pair (part-time distillation, or the
+        temporal shift, which needs the previous frame)."""
+        return self.temporal or self.temporal_shift > 0
+
+    def subnets(self) -> list:
+        """The elastic sub-networks, widest and full-size first (empty: not elastic)."""
+        from fastv2v.generators.elastic import Subnet
+
+        return sorted({Subnet.parse(s) for s in self.elastic or ()}, key=lambda s: (-s.width / s.divisor**2, s))
 
     @property
     def gaps(self) -> int | tuple[int, int]:
         """``pair_gap`` for :func:`fastv2v.tasks.training_pairs`: consecutive frames, or with
         ``temporal`` gaps 1..max_gap (default 3)."""
-        return (1, self.max_gap or 3) if self.temporal else 1
+        return (1, self.max_gap or 3) if self.paired else 1
 
     def validate(self) -> None:
         from fastv2v.flow import DIS_PRESETS
@@ -148,21 +163,54 @@ class StudentTrainingConfig(DistillationConfig):
             raise UserError(f"the GAN weight must be 0 (no discriminator) or positive, not {self.lambda_gan}.")
         if self.motion_weight < 0:
             raise UserError(f"motion_weight must be 0 (plain L1) or positive, not {self.motion_weight}.")
+        if (self.elastic or self.temporal_shift) and self.body != "pruned":
+            raise UserError("--elastic and --temporal-shift need --body pruned (the teacher's layers, narrower).")
+        if self.elastic:
+            subs = self.subnets()
+            widest = self.width or 0
+            if subs[0].width != widest or subs[0].divisor != 1:
+                raise UserError(f"the elastic sub-networks must include the whole student (w{widest}); "
+                                f"got {', '.join(s.label for s in subs)}.")  # fmt: skip
+            if any(s.width > widest for s in subs) or len(subs) < 2:
+                raise UserError(f"elastic sub-networks are at most --width {widest} wide, and at least two; "
+                                f"got {', '.join(s.label for s in subs)}.")  # fmt: skip
+        if self.lambda_consistency < 0:
+            raise UserError(f"the consistency weight must be 0 or positive, not {self.lambda_consistency}.")
         if self.flow_preset not in DIS_PRESETS:
             raise UserError(f"unknown flow preset {self.flow_preset!r}; use one of {', '.join(DIS_PRESETS)}.")
 
 
 class StudentTrainee(nn.Module):
     """The student and its feature mapping, trained together (one module, so one DDP wrapper
-    sees every parameter): ``forward(x) -> (output, mapped body output)``."""
+    sees every parameter): ``forward(x) -> (output, mapped body output, sub-network outputs)``.
+
+    ``subnets``: elastic sub-networks to run as well (on the same weights); ``pair``: ``x`` is
+    ``[first frames; second frames]`` and the second half runs after the first, fed its
+    temporal-shift state (the shift's previous frame)."""
 
     def __init__(self, student: SpatialStudent, mapping: nn.Module):
         super().__init__()
         self.student, self.mapping = student, mapping
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y, f = self.student(x, features=True)
-        return y, self.mapping(f)
+    def forward(self, x: torch.Tensor, subnets: tuple = (), pair: bool = False):
+        if not subnets and not pair:
+            y, f = self.student(x, features=True)
+            return y, self.mapping(f), []
+        y, f = self._run(x, None, pair, True)
+        return y, self.mapping(f), [self._run(x, s, pair, False)[0] for s in subnets]
+
+    def _run(self, x: torch.Tensor, subnet, pair: bool, features: bool):
+        from fastv2v.generators.elastic import run_layers
+
+        width, divisor = (None, 1) if subnet is None else (subnet.width, subnet.divisor)
+        if not pair:
+            out = run_layers(self.student, x, width, divisor, features=features)
+            return out.y, out.features
+        n = x.shape[0] // 2
+        first = run_layers(self.student, x[:n], width, divisor, features=features)
+        second = run_layers(self.student, x[n:], width, divisor, past=first.present, features=features)
+        f = torch.cat([first.features, second.features]) if features else None
+        return torch.cat([first.y, second.y]), f
 
 
 def make_student(config: StudentTrainingConfig, teacher: SplitGenerator) -> SpatialStudent:
@@ -170,13 +218,18 @@ def make_student(config: StudentTrainingConfig, teacher: SplitGenerator) -> Spat
     if config.body == "inverted":
         kwargs.update(width=config.width, blocks=config.blocks)
     elif config.body == "pruned":
-        kwargs.update(width=config.width)
+        kwargs.update(width=config.width, temporal_shift=config.temporal_shift,
+                      elastic=[s.label for s in config.subnets()] or None)  # fmt: skip
     try:
         student = student_from_teacher(teacher, **kwargs)
     except ValueError as exc:
         raise UserError(f"cannot build a student for this teacher: {exc}.") from None
     if config.init:
         warm_start(student, config.init, teacher)
+    if config.elastic:  # the strongest channels first, so every sub-network starts from the best of them
+        from fastv2v.generators.elastic import sort_channels
+
+        sort_channels(student)
     return student
 
 
@@ -188,7 +241,8 @@ def warm_start(student: SpatialStudent, path: str | Path, teacher: SplitGenerato
 
     model = load_student(path, teacher=teacher)
     mine, theirs = student.config, model.student.config
-    differ = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
+    same_weights = {"elastic", "temporal_shift"}  # they change how the weights run, not what they are
+    differ = [k for k in sorted((set(mine) | set(theirs)) - same_weights) if mine.get(k) != theirs.get(k)]
     if differ:
         settings = ", ".join(f"{k} {theirs.get(k)!r} (this run: {mine.get(k)!r})" for k in differ)
         raise UserError(f"{path}: its student differs from the one this run builds in {settings}; "
@@ -270,6 +324,20 @@ def output_flows(before: torch.Tensor, after: torch.Tensor, preset: str = "fast"
 # one step
 
 
+def sandwich(config: StudentTrainingConfig) -> tuple:
+    """The sub-networks besides the whole student that this step trains (Anycost's sandwich
+    rule): the cheapest, and one drawn at random from the others (Python's ``random``, whose
+    state the checkpoints keep); none for a student that is not elastic."""
+    import random
+
+    subs = config.subnets()
+    if len(subs) < 2:
+        return ()
+    middle = subs[1:-1]
+    return (subs[-1],) + ((random.choice(middle),) if middle else ())
+
+
+
 @torch.no_grad()
 def teacher_targets(teacher: SplitGenerator, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """The frozen teacher's body output ``f`` and output ``y`` on full-resolution inputs."""
@@ -296,7 +364,7 @@ def distill_step(
     n = x.shape[0]
     label_nc = teacher.label_nc
     adversarial = config.lambda_gan > 0  # 0: fidelity only, the discriminator never runs
-    if config.temporal:  # part-time: the student on both frames of the (subsampled) pair
+    if config.paired:  # part-time / temporal shift: the student on both frames of the (subsampled) pair
         inputs = torch.cat([ref, x])
         weight = motion_weights(inputs, torch.cat([x, ref]), label_nc, config.motion_weight, config.flow_preset)
     else:
@@ -304,11 +372,18 @@ def distill_step(
         weight = motion_weights(x, ref, label_nc, config.motion_weight, config.flow_preset)
     with training_autocast(device, config.precision):
         t = teacher_targets(teacher, inputs) if targets is None else targets
-        y_hat, f_hat = g(inputs)
+        y_hat, f_hat, y_subs = g(inputs, sandwich(config), config.temporal_shift > 0)
         gan = GANLoss("lsgan")
 
         losses = {"out": (weight * (y_hat - t["y"]).abs()).mean(), "feat": F.l1_loss(f_hat, t["f"])}
         loss = config.lambda_out * losses["out"] + config.lambda_feat * losses["feat"]
+        if y_subs:  # Anycost's sandwich: each smaller sub-network learns the teacher and the whole student
+            full = y_hat.detach()
+            sub_out = [(weight * (y - t["y"]).abs()).mean() for y in y_subs]
+            consistency = [F.l1_loss(y, full) for y in y_subs]
+            loss = loss + config.lambda_out * sum(sub_out) + config.lambda_consistency * sum(consistency)
+            losses["sub_out"] = sum(sub_out) / len(sub_out)
+            losses["consistency"] = sum(consistency) / len(consistency)
         if adversarial:
             d.requires_grad_(False)
             try:
@@ -319,7 +394,7 @@ def distill_step(
         if "vgg" in models:
             losses["vgg"] = models["vgg"](y_hat, t["y"])
             loss = loss + config.lambda_vgg * losses["vgg"]
-        if config.temporal:
+        if config.paired:
             from fastv2v.flow import warp
 
             flow = output_flows(t["y"][:n], t["y"][n:], config.flow_preset)
@@ -384,7 +459,7 @@ class StudentRecipe(DistillationRecipe):
     def train_step(self, models: Models, optimizers: Optimizers, batch: Batch) -> dict[str, float]:
         targets = None
         if self.cache is not None:
-            targets = self.cached_targets(batch, both=self.config.temporal)
+            targets = self.cached_targets(batch, both=self.config.paired)
         return distill_step(models, optimizers, self.teacher, batch, self.config, targets)
 
     def check_batch(self, batch: Batch, models: Models) -> None:
