@@ -1,5 +1,5 @@
 """Sections of ``RESULTS.md`` that scripts other than ``run_benchmarks.py`` measure
-(``runtimes.py``, ``vid2vid.py``): each writes ``results/<name>.md`` and puts it into the page
+(``runtimes.py``, ``vid2vid.py``, ``elastic.py``): each writes ``results/<name>.md`` and puts it into the page
 under its own heading; ``run_benchmarks.py`` keeps them when it regenerates the page."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 #: The extra sections, in page order: ``results/<name>.md`` files whose first line is the heading.
-EXTRA = ("runtimes", "vid2vid")
+EXTRA = ("runtimes", "vid2vid", "elastic")
 
 
 def put_section(page: Path, text: str) -> None:

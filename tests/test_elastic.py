@@ -3,6 +3,8 @@ shift (TSM): exactness of sorting, slicing and copying out sub-networks; the shi
 sandwich distillation (resume exactness); choosing and switching sub-networks in ``spatial`` and
 ``fast``; the benchmark's rows per sub-network; the CLI's one-sentence refusals."""
 
+import time
+
 import pytest
 import torch
 
@@ -223,3 +225,31 @@ def test_export_writes_one_subnetwork_and_the_shift_state_as_graph_inputs_and_ou
         t0, past = small.step(a, None)
         t1, _ = small.step(b, past)
     assert np.abs(y0 - t0.numpy()).max() < 1e-4 and np.abs(y1 - t1.numpy()).max() < 1e-4
+
+
+def test_live_steps_an_elastic_student_down_under_load_and_back_up(tmp_path):
+    import numpy as np
+
+    from fastv2v.engine.live import Captured, Controller, LiveStats
+    from fastv2v.pipeline import Pipeline
+
+    path = tmp_path / "elastic.safetensors"
+    save_student(path, StudentModel(make_teacher(), elastic_student(), 2))
+    pipeline = Pipeline.from_file(path, "spatial")
+    stats = LiveStats()
+    controller = Controller(pipeline, torch.device("cpu"), budget=1.0, max_gap=1, skip_below=0, stats=stats)
+    frame = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    controller.warm_up(frame)
+    assert set(controller.rung_cost) == set(SUBNETS) and stats.subnet == "w8"
+    controller.rung_cost.update({"w8": 0.9, "w6": 0.5, "w4": 0.2})
+    controller.key_cost.value = 0.9  # the whole student no longer fits a 1 s budget
+    controller._climb(age=0.0, write=0.0)
+    assert stats.subnet == "w6" and controller.state.subnet == "w6" and controller.key_cost.value == 0.5
+    out = controller.step(Captured(0, frame, None, time.perf_counter()), 0)
+    small = subnetwork(pipeline.method.student, Subnet(6))
+    with torch.no_grad():
+        expected = pipeline.teacher.decode_output(small(controller._encode(frame))).numpy()[0]
+    assert np.array_equal(out.output, expected)  # the frame ran on the cheaper sub-network
+    controller.rung_cost["w8"] = 0.2  # the wide one fits well within the budget again
+    controller._climb(age=0.0, write=0.0)
+    assert stats.subnet == "w8" and stats.subnet_switches == 2

@@ -255,10 +255,28 @@ def cmd_profile(args: argparse.Namespace) -> int:
               f"exact, {format_gmacs(student.macs_paper)} paper MACs per call; teacher / student = "
               f"{result.macs_exact / student.macs_exact:.2f}x exact, "
               f"{result.macs_paper / student.macs_paper:.2f}x paper")  # fmt: skip
+        _profile_subnets(model.student, generator, h, w, result)
     if args.method or getattr(model, "block", None) is not None:
         _profile_method(args, generator if model is None else model, torch.zeros(1, generator.input_nc, h, w), result)
     print("  exact: true multiply-adds; paper: transposed convs counted at output size (thop/torchprofile, published tables)")
     return 0
+
+
+def _profile_subnets(student, generator, h: int, w: int, teacher) -> None:
+    """One line per sub-network of an elastic student (after the whole student's)."""
+    from fastv2v.generators.elastic import Subnet, subnetwork
+    from fastv2v.generators.loading import call_inputs
+    from fastv2v.metrics.profile import format_gmacs, profile
+
+    for label in (getattr(student, "config", {}).get("elastic") or [])[1:]:
+        sub = subnetwork(student, Subnet.parse(label))
+        if h % sub.size_multiple or w % sub.size_multiple:
+            print(f"  sub-network {label}: needs sides that are multiples of {sub.size_multiple}")
+            continue
+        cost = profile(sub, *call_inputs(generator, h, w, "meta"))
+        print(f"  sub-network {label}: {cost.params / 1e6:.3f} M parameters, {format_gmacs(cost.macs_exact)} exact, "
+              f"{format_gmacs(cost.macs_paper)} paper MACs; teacher / it = {teacher.macs_exact / cost.macs_exact:.2f}x "
+              f"exact, {teacher.macs_paper / cost.macs_paper:.2f}x paper")  # fmt: skip
 
 
 def _check_profile_options(args: argparse.Namespace) -> None:

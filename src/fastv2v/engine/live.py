@@ -14,10 +14,14 @@ non-key frame and a write cost:
    (mean absolute difference, uint8) shows the last output again (``skipped``);
 2. while a key frame would still finish well within the budget, the method runs as it always
    does (its own key-frame schedule);
-3. under load the key gap grows: the method's non-key path (``non_key_frame``) runs instead of a
+3. under load an elastic student (``spatial`` with a student file distilled with
+   ``--elastic``) first steps down to its next cheaper sub-network (no reload: ``switch`` in the
+   per-video state), and back up one step at a time once a wider one fits well within the budget
+   again (``subnet_switches``, ``subnet``);
+4. under load the key gap grows: the method's non-key path (``non_key_frame``) runs instead of a
    key frame, or, for methods without one (``teacher``, ``spatial``, ``sparse``), the last output
    is shown again (``repeated``), up to ``max_gap`` frames since the last key frame;
-4. only a frame that cannot be finished within the budget even so is dropped (``dropped``: not
+5. only a frame that cannot be finished within the budget even so is dropped (``dropped``: not
    written at all); the writer also drops a frame that would be written past its budget.
 
 Latency is measured from the moment the capture thread has the decoded frame to the moment the
@@ -77,6 +81,8 @@ class LiveStats:
     native_gap: int = 1  # the method's own key gap
     grown_at: int | None = None  # the first frame the schedule grew the gap for
     first_drop_at: int | None = None  # the first frame dropped
+    subnet: str | None = None  # an elastic student's sub-network running now
+    subnet_switches: int = 0  # how often the load changed it
     latencies: list[float] = field(default_factory=list)  # seconds, capture to write
     first_write: float | None = None
     last_write: float | None = None
@@ -135,6 +141,7 @@ class LiveReport:
                        "dropped_capture": s.dropped_capture},
             "key_gap": {"native": s.native_gap, "max": s.max_gap, "grown_at": s.grown_at,
                         "first_drop_at": s.first_drop_at},
+            "subnet": {"last": s.subnet, "switches": s.subnet_switches},
             "ended": self.ended,
         }  # fmt: skip
 
@@ -394,6 +401,11 @@ class Controller:
         stats.native_gap = self.native_gap
         self.key_cost, self.cheap_cost, self.write_cost = _Estimate(), _Estimate(), _Estimate(0.002)
         self.since_key = 0  # frames since the last key frame (the gap in use)
+        subnets = getattr(self.method, "subnets", None)
+        self.ladder = list(subnets.labels) if subnets is not None and hasattr(self.method, "switch") else []
+        self.rung = self.ladder.index(self.method.subnet) if self.ladder else 0
+        self.rung_cost: dict[str, float] = {}  # seconds per frame of each sub-network (warm-up, then running)
+        stats.subnet = self.ladder[self.rung] if self.ladder else None
         self.last_input: np.ndarray | None = None
         self.last_output: np.ndarray | None = None
 
@@ -438,7 +450,36 @@ class Controller:
             tick = time.perf_counter()
             self.forced_non_key(frame)
             self.cheap_cost.value = time.perf_counter() - tick
+        for label in self.ladder:  # each sub-network's cost, so a step down knows what it buys
+            for _ in range(2):
+                self.state = self.method.switch(self.method.init_state(), label)
+                tick = time.perf_counter()
+                self.native(frame)
+                self.rung_cost[label] = time.perf_counter() - tick
         self.state = self.method.init_state()
+        if self.ladder:
+            self.key_cost.value = self.rung_cost[self.ladder[self.rung]]
+
+    def _climb(self, age: float, write: float) -> None:
+        """An elastic student under load: one sub-network cheaper when a key frame no longer
+        fits the budget, one wider when the wider one fits well within it (half the budget)."""
+        if not self.ladder:
+            return
+        here = self.ladder[self.rung]
+        self.rung_cost[here] = self.key_cost.value
+        wider = self.ladder[self.rung - 1] if self.rung > 0 else None
+        if age + self.key_cost.value * 1.3 + write > self.budget and self.rung + 1 < len(self.ladder):
+            self.rung += 1
+        elif wider is not None and age + self.rung_cost.get(wider, math.inf) + write <= 0.5 * self.GROW_AT * self.budget:
+            self.rung -= 1
+        else:
+            return
+        label = self.ladder[self.rung]
+        self.state = self.method.switch(self.state, label)
+        self.key_cost.value = self.rung_cost.get(label, self.key_cost.value)
+        with self.stats.lock:
+            self.stats.subnet = label
+            self.stats.subnet_switches += 1
 
     # -- the decision ----------------------------------------------------------------------------
     def step(self, item: Captured, waiting: int) -> Emitted | None:
@@ -451,6 +492,7 @@ class Controller:
                     self.stats.skipped += 1
                 return Emitted(item, self.last_output, "skipped")
         write = self.write_cost.value * (1 + waiting)
+        self._climb(age, write)
         key_fits = age + self.key_cost.value * 1.3 + write <= self.budget
         relaxed = age + self.key_cost.value + write <= self.GROW_AT * self.budget
         can_wait = self.last_output is not None and self.since_key + 1 < self.max_gap
