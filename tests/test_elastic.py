@@ -253,3 +253,18 @@ def test_live_steps_an_elastic_student_down_under_load_and_back_up(tmp_path):
     controller.rung_cost["w8"] = 0.2  # the wide one fits well within the budget again
     controller._climb(age=0.0, write=0.0)
     assert stats.subnet == "w8" and stats.subnet_switches == 2
+
+
+def test_translate_fps_times_the_subnetworks_and_runs_the_one_that_keeps_up(tmp_path, capsys):
+    path = tmp_path / "elastic.safetensors"
+    save_student(path, StudentModel(make_teacher(), elastic_student(), 2))
+    frames = _video(tmp_path)
+    code, out, _ = run_cli(["translate", frames, tmp_path / "slow.mp4", "--model", path, "--method", "spatial",
+                            "--fps", "0.001"], capsys)  # fmt: skip
+    assert code == 0 and "--fps 0.001: running sub-network w8 " in out  # every one keeps up: the whole student
+    code, out, _ = run_cli(["translate", frames, tmp_path / "fast.mp4", "--model", path, "--method", "spatial",
+                            "--fps", "1e9"], capsys)  # fmt: skip
+    assert code == 0 and "running sub-network w" in out and "running sub-network w8 " not in out  # the quickest
+    code, _, err = run_cli(["translate", frames, tmp_path / "x.mp4", "--model", path, "--fps", "30", "--subnet", "w4"],
+                           capsys)  # fmt: skip
+    assert code == 2 and "give one of --subnet, --fps" in err

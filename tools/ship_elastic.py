@@ -56,22 +56,12 @@ def main() -> None:
             argv.append(sys.argv[i])
             i += 1
     sys.argv = argv
-    args, teacher, target, model, size = ship(__doc__, kind, _loader(kind))
+    args, teacher, target, model, size = ship(__doc__, kind, load_student, run_file="student.safetensors")
     card = elastic_card if kind == "elastic" else shift_card
     lines = card(args, model, target, size, extra)
     (WEIGHTS_DIR / f"{args.task}_{kind}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
-
-
-def _loader(kind: str):
-    def load(path, teacher=None):
-        run_file = Path(path)
-        if run_file.name == f"{kind}.safetensors" and not run_file.exists():
-            run_file = run_file.with_name("student.safetensors")  # a run folder writes student.safetensors
-        return load_student(run_file, teacher=teacher)
-
-    return load
 
 
 def _header(args, model, target, size, what: str) -> list[str]:

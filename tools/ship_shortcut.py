@@ -38,7 +38,7 @@ def psnr_of(outputs, references, keys) -> tuple[float, float]:
     return db(mse), db(nonkey)
 
 
-def ship(doc: str, kind: str, load):
+def ship(doc: str, kind: str, load, run_file: str | None = None):
     """Parse the ship command line, store ``<run>/<kind>.safetensors`` as the package's
     ``<task>_<kind>.safetensors`` after ``load(path, teacher=...)`` has checked it was distilled
     from the shipped teacher; returns ``(args, teacher, target, model, size)``, the model read
@@ -54,8 +54,9 @@ def ship(doc: str, kind: str, load):
 
     teacher = load_generator(shipped_teacher(args.task))
     target = WEIGHTS_DIR / f"{args.task}_{kind}.safetensors"
-    load(args.run / f"{kind}.safetensors", teacher=teacher)  # refuses another teacher
-    shutil.copyfile(args.run / f"{kind}.safetensors", target)
+    source = args.run / (run_file or f"{kind}.safetensors")
+    load(source, teacher=teacher)  # refuses another teacher
+    shutil.copyfile(source, target)
     model = load(target, teacher=teacher)
     size = tuple(model.info["training"]["config"].get("size") or (128, 256))
     return args, teacher, target, model, size

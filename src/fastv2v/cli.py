@@ -65,18 +65,52 @@ def _add_kernels_option(p: argparse.ArgumentParser) -> None:
                    "equal to float rounding; no effect off the CPU)")  # fmt: skip
 
 
-def _add_subnet_options(p: argparse.ArgumentParser) -> None:
+def _add_subnet_options(p: argparse.ArgumentParser, fps: bool = False) -> None:
     p.add_argument("--subnet", default=None, metavar="wN[/D]", help="spatial, fast with an elastic student: the "
                    "sub-network to run, N base channels on the input divided by D (e.g. w8, w16/2; default the "
                    "whole student)")  # fmt: skip
     p.add_argument("--budget", type=float, default=None, metavar="FRACTION", help="spatial, fast with an elastic "
                    "student: run the costliest sub-network within this fraction of the teacher's MACs (e.g. 0.1)")  # fmt: skip
+    if fps:
+        p.add_argument("--fps", dest="subnet_fps", type=float, default=None, help="spatial, fast with an elastic "
+                       "student: run the "
+                       "costliest sub-network whose model time keeps up with this frame rate here (timed on the "
+                       "first frame at start; decoding and encoding come on top)")  # fmt: skip
 
 
 def _subnet_settings(args: argparse.Namespace) -> dict:
-    if args.subnet is not None and args.budget is not None:
-        raise UserError("give --subnet or --budget, not both: --budget chooses the sub-network.")
+    given = [flag for flag, value in (("--subnet", args.subnet), ("--budget", args.budget),
+                                      ("--fps", getattr(args, "subnet_fps", None))) if value is not None]  # fmt: skip
+    if len(given) > 1:
+        raise UserError(f"give one of {', '.join(given)}: each chooses the sub-network.")
     return {"subnet": args.subnet, "budget": args.budget}
+
+
+def _subnet_for_fps(args: argparse.Namespace, pipeline):
+    """``pipeline`` on the costliest sub-network that keeps up with ``--fps`` here (model time,
+    timed on this input's first frame at model size)."""
+    import torch
+
+    from fastv2v.data.resize import Resizer
+    from fastv2v.data.video import open_frames
+    from fastv2v.pipeline import Pipeline
+
+    subnets = getattr(pipeline.method, "subnets", None)
+    if subnets is None or len(subnets.labels) < 2:
+        raise UserError(f"--fps chooses among the sub-networks of an elastic student (distill student --elastic); "
+                        f"{pipeline.label} with --method {pipeline.name} has none.")  # fmt: skip
+    g = pipeline.teacher
+    with open_frames(args.input, labels=g.input_kind == "labels") as frames:
+        info = frames.info
+        resizer = Resizer((info.height, info.width), size=args.size, mode=args.resize, multiple=pipeline.size_multiple)
+        first = resizer.to_model(next(iter(frames)))
+    x = g.encode_input(torch.from_numpy(first[None].copy()))
+    chosen, seconds = subnets.by_speed(args.subnet_fps, x)
+    if not args.quiet:
+        timed = ", ".join(f"{label} {1 / s:.0f}" for label, s in seconds.items())
+        print(f"--fps {args.subnet_fps:g}: running sub-network {chosen} (model frames per second here: {timed})")
+    return Pipeline.from_model(pipeline.model, pipeline.name, label=pipeline.label, path=pipeline.path,
+                               **{**pipeline.settings, "subnet": chosen})
 
 
 def _interval(text: str) -> int | str:
@@ -102,6 +136,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
         max_interval=args.max_interval, keyframes=args.keyframes, threshold=args.threshold, kernels=args.kernels,
         start=args.start, **_subnet_settings(args),
     )  # fmt: skip
+    if args.subnet_fps is not None:
+        pipeline = _subnet_for_fps(args, pipeline)
     pipeline, args.dtype = _on_runtime(args, pipeline)
     if args.input_list is not None:
         return _translate_many(args, pipeline)
@@ -800,7 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "first tG-1 frames of this real video or folder are the first outputs) or model:PATH (a per-frame "
                    "generator makes the first tG-1 outputs)")  # fmt: skip
     _add_kernels_option(p)
-    _add_subnet_options(p)
+    _add_subnet_options(p, fps=True)
     p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("live", help="translate a camera, network stream or standard input in real time, under a "

@@ -107,6 +107,14 @@ class Pipeline:
         return int(getattr(self.method, "latency", 0) or 0)
 
     @property
+    def size_multiple(self) -> int:
+        """What frame sides must be multiples of: the teacher's, or more for a student that
+        shrinks its input (an elastic sub-network on the half input)."""
+        run = getattr(self.method, "run", None)
+        student = getattr(run, "student", None)
+        return max(int(self.teacher.size_multiple), int(getattr(student, "size_multiple", 1)))
+
+    @property
     def min_frames(self) -> int:
         return int(getattr(self.method, "min_frames", 1) or 1)
 

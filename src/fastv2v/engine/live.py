@@ -634,7 +634,7 @@ def live(
             raise UserError(f"the source {source} does not say its frame size; give --input-option video_size=WxH.")
         rate = fps or stream.average_rate or stream.guessed_rate or stream.base_rate or Fraction(25)
         rate = Fraction(rate.numerator, rate.denominator)
-        resizer = Resizer((h, w), size=size, mode=resize_mode, multiple=pipeline.teacher.size_multiple)
+        resizer = Resizer((h, w), size=size, mode=resize_mode, multiple=pipeline.size_multiple)
         pipeline.teacher.check_size(*resizer.model_size, source=f"{source} (at model size)")
         controller = Controller(pipeline, dev, budget, max_gap, skip_below, stats, dtype)
         rng = np.random.default_rng(0)

@@ -186,7 +186,7 @@ def translate(
     start = time.perf_counter()  # end to end: opening, decoding, model, encoding, muxing, renaming
     with open_frames(source, labels=generator.input_kind == "labels") as frames:
         info = frames.info
-        resizer = Resizer((info.height, info.width), size=size, mode=resize_mode, multiple=generator.size_multiple)
+        resizer = Resizer((info.height, info.width), size=size, mode=resize_mode, multiple=pipeline.size_multiple)
         generator.check_size(*resizer.model_size, source=f"{source} (at model size)")
         audio = source if info.has_audio else None
         buffered = pipeline.latency > 0

@@ -94,9 +94,9 @@ def shift_channels(channels: int, shift: float) -> int:
 
 
 class StudentPass(NamedTuple):
-    """What :func:`run_layers` returns: the output, the feature where ``features_at`` asked, and
-    the temporal shift's state for the next frame (one tensor per residual block; empty without
-    a shift)."""
+    """What :func:`run_layers` returns: the output, the body output when ``features`` asked (the
+    feature loss's input), and the temporal shift's state for the next frame (one tensor per
+    residual block; empty without a shift)."""
 
     y: torch.Tensor
     features: torch.Tensor | None
@@ -157,12 +157,11 @@ def run_layers(
     divisor: int = 1,
     past: Sequence[torch.Tensor] | None = None,
     features: bool = False,
-    shift: float | None = None,
 ) -> StudentPass:
     """The pruned ``student`` on the full-resolution model input ``x`` as the sub-network of
-    ``width`` base channels (None: all) on the input divided by ``divisor``, with the temporal
-    shift (``shift`` None: the student's own) fed by ``past``. ``features``: also the body
-    output (for the feature loss). Gradients flow into the shared weights."""
+    ``width`` base channels (None: all) on the input divided by ``divisor``, its temporal shift
+    (if it has one) fed by ``past``. ``features``: also the body output (for the feature loss).
+    Gradients flow into the shared weights."""
     from fastv2v.generators.student import halve_input
 
     full = int(student.config["width"])
@@ -170,41 +169,40 @@ def run_layers(
     scale = Fraction(width, full)
     if not 1 <= width <= full:
         raise UserError(f"this student has {full} base channels; a sub-network of {width} does not exist.")
-    shift = float(student.config.get("temporal_shift", 0.0)) if shift is None else shift
+    shift = float(student.config.get("temporal_shift", 0.0))
     h, w = x.shape[-2:]
     for _ in range(divisor.bit_length() - 1):
         x = halve_input(x, student.label_nc)
     layers = list(student.model)
-    body_end = student.split[1]
+    body_end = student.split[1]  # the residual blocks are all in the body
     present: list[torch.Tensor] = []
-    f = None
-    blocks = 0
+    f = _body(layers[:body_end], x, scale, shift, past, present)
+    y = _sequence(layers[body_end:], f, scale, keep_last=True)
+    if divisor > 1:
+        y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+    return StudentPass(y, f if features else None, tuple(present))
+
+
+def _body(layers: list[nn.Module], x: torch.Tensor, scale: Fraction, shift: float,
+          past: Sequence[torch.Tensor] | None, present: list[torch.Tensor]) -> torch.Tensor:  # fmt: skip
+    """Head and body: plain layers sliced; each residual block's branch reads the shifted
+    channels of ``past`` (its entry, by block order) and appends its own to ``present``."""
     start = 0
     for i, layer in enumerate(layers):
         if not _is_block(layer):
             continue
         x = _sequence(layers[start:i], x, scale, keep_last=False)
+        start = i + 1
         n = shift_channels(int(x.shape[1]), shift)
         branch = x
         if n:
-            mine = x[:, :n]
-            before = past[blocks] if past is not None and blocks < len(past) else None
+            before = past[len(present)] if past is not None and len(present) < len(past) else None
             if before is not None and before.shape[-2:] == x.shape[-2:] and before.shape[0] == x.shape[0]:
-                have = min(int(before.shape[1]), n)
+                have = min(int(before.shape[1]), n)  # after a switch: the channels the last frame had
                 branch = torch.cat([before[:, :have], x[:, have:]], dim=1)
-            present.append(mine)
+            present.append(x[:, :n])
         x = x + _sequence(list(layer.conv_block), branch, scale, keep_last=False)
-        blocks += 1
-        start = i + 1
-        if features and i + 1 == body_end:
-            f = x
-    if features and f is None and start <= body_end:
-        x = _sequence(layers[start:body_end], x, scale, keep_last=False)
-        f, start = x, body_end
-    y = _sequence(layers[start:], x, scale, keep_last=True)
-    if divisor > 1:
-        y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
-    return StudentPass(y, f, tuple(present))
+    return _sequence(layers[start:], x, scale, keep_last=False)
 
 
 @torch.no_grad()

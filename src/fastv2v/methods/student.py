@@ -123,6 +123,28 @@ class Subnetworks:
             self._runners[label] = StudentRunner(model, self.kernels)
         return self._runners[label]
 
+    def by_speed(self, fps: float, x: torch.Tensor, repeats: int = 3) -> tuple[str, dict[str, float]]:
+        """The costliest sub-network whose model time on ``x`` (one model-size input, timed here:
+        one warm-up call, then the median of ``repeats``) is within ``1 / fps``; with each one's
+        seconds. None fits: the cheapest, so a slow machine still runs as fast as it can."""
+        import time
+
+        if not fps > 0:
+            raise UserError(f"--fps is a frame rate above 0 (e.g. 30), not {fps}.")
+        seconds: dict[str, float] = {}
+        with torch.inference_mode():
+            for label in self.labels:
+                run = self.runner(label)
+                run.step(x)
+                times = []
+                for _ in range(repeats):
+                    tick = time.perf_counter()
+                    run.step(x)
+                    times.append(time.perf_counter() - tick)
+                seconds[label] = sorted(times)[len(times) // 2]
+        fitting = [label for label in self.labels if seconds[label] <= 1.0 / fps]
+        return (fitting[0] if fitting else min(seconds, key=seconds.get)), seconds
+
     def by_budget(self, teacher: SplitGenerator, budget: float) -> str:
         """The costliest sub-network within ``budget`` x the teacher's MACs (exact convention)."""
         from fastv2v.generators.loading import call_inputs
