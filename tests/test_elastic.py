@@ -268,3 +268,12 @@ def test_translate_fps_times_the_subnetworks_and_runs_the_one_that_keeps_up(tmp_
     code, _, err = run_cli(["translate", frames, tmp_path / "x.mp4", "--model", path, "--fps", "30", "--subnet", "w4"],
                            capsys)  # fmt: skip
     assert code == 2 and "give one of --subnet, --fps" in err
+
+
+def test_tune_and_the_report_name_each_subnetwork():
+    from fastv2v.bench.report import _row_label
+    from fastv2v.tune import Candidate
+
+    assert Candidate("m", "spatial", None, {"subnet": "w8/2"}).label == "spatial[w8/2]"
+    assert _row_label({"method": "spatial", "interval": None, "settings": {"subnet": "w8"}}) == "spatial[w8]"
+    assert _row_label({"method": "fast", "interval": 4, "settings": {"subnet": None}}) == "fast@4"

@@ -148,7 +148,8 @@ def shift_card(args, model, target, size, extra) -> list[str]:
     lines += [
         "## Against its un-shifted twin (held-out clips, means over clips)",
         "",
-        f"The twin: `{Path(twin).parent.name}`, the same student, warm start, steps and losses without the shift.",
+        f"The twin: `{Path(twin).name}` (not shipped), the same student, warm start, steps and losses without the "
+        "shift (its command: this card's with `--temporal` in place of `--temporal-shift`).",
         "",
         "| run | student | PSNR to teacher dB | warping error x10^-3 | tOF to teacher |",
         "|---|---|---|---|---|",

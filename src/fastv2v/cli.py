@@ -72,7 +72,7 @@ def _add_subnet_options(p: argparse.ArgumentParser, fps: bool = False) -> None:
     p.add_argument("--budget", type=float, default=None, metavar="FRACTION", help="spatial, fast with an elastic "
                    "student: run the costliest sub-network within this fraction of the teacher's MACs (e.g. 0.1)")  # fmt: skip
     if fps:
-        p.add_argument("--fps", dest="subnet_fps", type=float, default=None, help="spatial, fast with an elastic "
+        p.add_argument("--fps", dest="subnet_fps", type=float, default=None, metavar="FPS", help="spatial, fast with an elastic "
                        "student: run the "
                        "costliest sub-network whose model time keeps up with this frame rate here (timed on the "
                        "first frame at start; decoding and encoding come on top)")  # fmt: skip
@@ -983,7 +983,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(same teacher and student settings) instead of the teacher's layers: a warm start")  # fmt: skip
     p.add_argument("--elastic", nargs="?", const="default", default=None, metavar="SUBNETS", help="--body pruned: "
                    "train one student whose narrower and lower-resolution sub-networks run too (Anycost's sandwich "
-                   "rule; pick one at run time with translate --subnet or --budget). Default: --width x 1, 3/4, 1/2, "
+                   "rule; pick one at run time with translate --subnet, --budget or --fps). Default: --width x 1, 3/4, 1/2, "
                    "1/4 on the full and the half input; or a list such as w16,w8,w4,w16/2")  # fmt: skip
     p.add_argument("--temporal-shift", type=_fraction, default=0.0, metavar="FRACTION", help="--body pruned: in "
                    "every residual block this fraction of channels (e.g. 1/8) comes from the previous frame (TSM's "
