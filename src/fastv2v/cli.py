@@ -105,7 +105,7 @@ def _subnet_for_fps(args: argparse.Namespace, pipeline):
         resizer = Resizer((info.height, info.width), size=args.size, mode=args.resize, multiple=pipeline.size_multiple)
         first = resizer.to_model(next(iter(frames)))
     x = g.encode_input(torch.from_numpy(first[None].copy()))
-    chosen, seconds = subnets.by_speed(args.subnet_fps, x)
+    chosen, seconds = subnets.by_speed(args.subnet_fps, x, g)
     if not args.quiet:
         timed = ", ".join(f"{label} {1 / s:.0f}" for label, s in seconds.items())
         print(f"--fps {args.subnet_fps:g}: running sub-network {chosen} (model frames per second here: {timed})")

@@ -402,7 +402,8 @@ class Controller:
         self.key_cost, self.cheap_cost, self.write_cost = _Estimate(), _Estimate(), _Estimate(0.002)
         self.since_key = 0  # frames since the last key frame (the gap in use)
         subnets = getattr(self.method, "subnets", None)
-        self.ladder = list(subnets.labels) if subnets is not None and hasattr(self.method, "switch") else []
+        elastic = subnets is not None and len(subnets.labels) > 1 and hasattr(self.method, "switch")
+        self.ladder = list(subnets.costs(self.g)) if elastic else []  # costliest first
         self.rung = self.ladder.index(self.method.subnet) if self.ladder else 0
         self.rung_cost: dict[str, float] = {}  # seconds per frame of each sub-network (warm-up, then running)
         stats.subnet = self.ladder[self.rung] if self.ladder else None

@@ -123,10 +123,11 @@ class Subnetworks:
             self._runners[label] = StudentRunner(model, self.kernels)
         return self._runners[label]
 
-    def by_speed(self, fps: float, x: torch.Tensor, repeats: int = 3) -> tuple[str, dict[str, float]]:
+    def by_speed(self, fps: float, x: torch.Tensor, teacher: SplitGenerator,
+                 repeats: int = 3) -> tuple[str, dict[str, float]]:  # fmt: skip
         """The costliest sub-network whose model time on ``x`` (one model-size input, timed here:
         one warm-up call, then the median of ``repeats``) is within ``1 / fps``; with each one's
-        seconds. None fits: the cheapest, so a slow machine still runs as fast as it can."""
+        seconds. None fits: the fastest, so a slow machine still runs as fast as it can."""
         import time
 
         if not fps > 0:
@@ -142,26 +143,31 @@ class Subnetworks:
                     run.step(x)
                     times.append(time.perf_counter() - tick)
                 seconds[label] = sorted(times)[len(times) // 2]
-        fitting = [label for label in self.labels if seconds[label] <= 1.0 / fps]
+        fitting = [label for label in self.costs(teacher) if seconds[label] <= 1.0 / fps]  # costliest first
         return (fitting[0] if fitting else min(seconds, key=seconds.get)), seconds
 
-    def by_budget(self, teacher: SplitGenerator, budget: float) -> str:
-        """The costliest sub-network within ``budget`` x the teacher's MACs (exact convention)."""
+    def costs(self, teacher: SplitGenerator) -> dict[str, float]:
+        """Each sub-network's exact MACs as a fraction of the teacher's, costliest first."""
         from fastv2v.generators.loading import call_inputs
         from fastv2v.metrics.profile import profile
 
-        if not budget > 0:
-            raise UserError(f"--budget is a fraction of the teacher's MACs above 0 (e.g. 0.3), not {budget}.")
-        h = w = self.student.size_multiple * 16
+        h = w = self.student.size_multiple * 16  # fully convolutional: the ratios hardly depend on the size
         teacher_macs = profile(teacher, *call_inputs(teacher, h, w, "meta")).macs_exact
         costs = {label: profile(self.runner(label).student, *call_inputs(teacher, h, w, "meta")).macs_exact
-                 for label in self.labels}  # fmt: skip
-        fitting = [label for label, macs in costs.items() if macs <= budget * teacher_macs]
+                 / teacher_macs for label in self.labels}  # fmt: skip
+        return dict(sorted(costs.items(), key=lambda kv: -kv[1]))
+
+    def by_budget(self, teacher: SplitGenerator, budget: float) -> str:
+        """The costliest sub-network within ``budget`` x the teacher's MACs (exact convention)."""
+        if not budget > 0:
+            raise UserError(f"--budget is a fraction of the teacher's MACs above 0 (e.g. 0.3), not {budget}.")
+        costs = self.costs(teacher)
+        fitting = [label for label, share in costs.items() if share <= budget]
         if not fitting:
             cheapest = min(costs, key=costs.get)
             raise UserError(f"no sub-network of this student costs at most {budget:g} of the teacher's MACs; the "
-                            f"cheapest, {cheapest}, costs {costs[cheapest] / teacher_macs:.3f}. Raise --budget.")
-        return max(fitting, key=costs.get)
+                            f"cheapest, {cheapest}, costs {costs[cheapest]:.3f}. Raise --budget.")
+        return fitting[0]
 
 
 def _student_for(teacher: SplitGenerator, student: SpatialStudent | None, kwargs: dict[str, Any]) -> SpatialStudent:
