@@ -213,13 +213,19 @@ class GraphTeacher:
 
 
 class GraphStudent:
-    """The spatial student's graph in place of :class:`~fastv2v.methods.student.StudentRunner`."""
+    """The spatial student's graph in place of :class:`~fastv2v.methods.student.StudentRunner`
+    (a student without the temporal shift: :func:`check_runs_on` refuses the others)."""
+
+    shifts = False
 
     def __init__(self, graph: Graph, kernels: str):
         self._graph, self.kernels = graph, kernels
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._graph(x=x)[0]
+
+    def step(self, x: torch.Tensor, past: tuple = ()) -> tuple[torch.Tensor, tuple]:
+        return self(x), ()
 
 
 def check_runs_on(pipeline: Any, backend: str) -> None:

@@ -228,15 +228,12 @@ class Spatial(OnlineMethod):
         return replace(state, subnet=_switchable(self).check(subnet or self.subnet))
 
     def step(self, x: torch.Tensor, state: StudentState) -> tuple[torch.Tensor, StudentState, bool]:
-        run = _runner(self, state)
-        if not getattr(run, "shifts", False):  # also a graph backend's student
-            return run(x), state, True
-        y, present = run.step(x, state.past)
+        y, present = _runner(self, state).step(x, state.past)
         return y, replace(state, past=present), True
 
     def push(self, x: torch.Tensor, state: StudentState):
         run = _runner(self, state)
-        if not getattr(run, "shifts", False):  # also a graph backend's student
+        if not run.shifts:  # no memory between frames: the whole batch in one call
             return [(y, True) for y in run(x).split(1)], state
         return super().push(x, state)
 
@@ -336,10 +333,7 @@ class Fast(Interp):
     def key_frame_output(self, s, frame) -> tuple[torch.Tensor, bool]:
         """The student at a key frame; a temporally shifted student remembers the last key frame."""
         student_state = s.teacher_state
-        run = _runner(self, student_state)
-        if not getattr(run, "shifts", False):
-            return run(frame.x), True
-        y, present = run.step(frame.x, student_state.past)
+        y, present = _runner(self, student_state).step(frame.x, student_state.past)
         s.teacher_state = replace(student_state, past=present)
         return y, True
 
