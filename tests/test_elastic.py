@@ -72,6 +72,17 @@ def test_the_temporal_shift_reads_the_previous_frame_and_starts_as_the_plain_net
         torch.testing.assert_close(y_same, s(b))  # a still video: the shift changes nothing
 
 
+def run_switching(method, xs, at, subnet):
+    """``(y, key)`` of every frame of ``xs`` through ``method``, switched to ``subnet`` before frame ``at``."""
+    state, outs = method.init_state(), []
+    for i, x in enumerate(xs):
+        if i == at:
+            state = method.switch(state, subnet)
+        ready, state = method.push(x, state)
+        outs += ready
+    return outs + method.flush(state)
+
+
 def test_subnetworks_run_as_methods_and_a_switch_mid_video_keeps_state_consistent():
     """Frames before the switch equal the whole student's run; from the switch on, the small
     sub-network runs, fed the shift memory the whole student left (its first channels)."""
@@ -81,12 +92,7 @@ def test_subnetworks_run_as_methods_and_a_switch_mid_video_keeps_state_consisten
     assert not method.batchable  # the shift's memory makes it sequential
     xs = clip(6, 6)
     whole = [y for y, _ in run_online(Spatial(teacher, student=s), xs)]
-    state, outs = method.init_state(), []
-    for i, x in enumerate(xs):
-        if i == 3:
-            state = method.switch(state, "w4")
-        ready, state = method.push(x, state)
-        outs += ready
+    outs = run_switching(method, xs, at=3, subnet="w4")
     assert [k for _, k in outs] == [True] * 6
     for i in range(3):
         assert torch.equal(outs[i][0], whole[i])
@@ -106,14 +112,7 @@ def test_fast_keeps_its_key_frames_when_the_subnetwork_switches():
     teacher = make_teacher()
     xs = clip(9, 7)
     plain = run_online(Fast(teacher, interval=2, student=s), xs)
-    method = Fast(teacher, interval=2, student=s)
-    state, outs = method.init_state(), []
-    for i, x in enumerate(xs):
-        if i == 4:
-            state = method.switch(state, "w4/2")
-        ready, state = method.push(x, state)
-        outs += ready
-    outs += method.flush(state)
+    outs = run_switching(Fast(teacher, interval=2, student=s), xs, at=4, subnet="w4/2")
     assert [k for _, k in outs] == [k for _, k in plain]  # the same key frames
     small = subnetwork(s, Subnet(4, 2))
     with torch.no_grad():
@@ -143,7 +142,7 @@ def test_budget_picks_the_costliest_subnetwork_that_fits(tmp_path):
         Spatial(teacher, student=plain, subnet="w4")
 
 
-def test_model_file_round_trip_and_bench_rows_per_subnetwork(tmp_path):
+def test_model_file_round_trip_and_bench_rows_per_subnetwork(tmp_path, make_image_folder):
     from fastv2v.bench import run_bench
     from fastv2v.pipeline import Pipeline
 
@@ -153,23 +152,12 @@ def test_model_file_round_trip_and_bench_rows_per_subnetwork(tmp_path):
     assert model.student.config["elastic"] == SUBNETS and model.student.temporal_shift == 0.125
     pipeline = Pipeline.from_file(path, "spatial", subnet="w4/2")
     assert pipeline.settings["subnet"] == "w4/2"
-    report = run_bench(str(path), _video(tmp_path), methods="spatial", frames=3, e2e=False)
+    frames = make_image_folder([f"{i:03d}.png" for i in range(3)], size=(32, 32))
+    report = run_bench(str(path), frames, methods="spatial", frames=3, e2e=False)
     rows = [r for r in report["results"] if r["method"] == "spatial"]
     assert [r["settings"]["subnet"] for r in rows] == SUBNETS
     costs = [r["macs_per_frame"]["exact"] for r in rows]
     assert costs[0] > costs[1] > costs[2] > costs[3]  # narrower is cheaper
-
-
-def _video(tmp_path):
-    from PIL import Image
-
-    from conftest import synthetic_frame
-
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for i in range(3):
-        Image.fromarray(synthetic_frame(i, (32, 32))).save(folder / f"{i:03d}.png")
-    return folder
 
 
 def test_elastic_and_shifted_distillation_resumes_exactly(tmp_path, teacher_file):  # noqa: F811
@@ -255,10 +243,10 @@ def test_live_steps_an_elastic_student_down_under_load_and_back_up(tmp_path):
     assert stats.subnet == "w8" and stats.subnet_switches == 2
 
 
-def test_translate_fps_times_the_subnetworks_and_runs_the_one_that_keeps_up(tmp_path, capsys):
+def test_translate_fps_times_the_subnetworks_and_runs_the_one_that_keeps_up(tmp_path, capsys, make_image_folder):
     path = tmp_path / "elastic.safetensors"
     save_student(path, StudentModel(make_teacher(), elastic_student(), 2))
-    frames = _video(tmp_path)
+    frames = make_image_folder([f"{i:03d}.png" for i in range(3)], size=(32, 32))
     code, out, _ = run_cli(["translate", frames, tmp_path / "slow.mp4", "--model", path, "--method", "spatial",
                             "--fps", "0.001"], capsys)  # fmt: skip
     assert code == 0 and "--fps 0.001: running sub-network w8 " in out  # every one keeps up: the whole student
