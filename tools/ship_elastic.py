@@ -15,6 +15,7 @@ way without the shift, for the shift card's.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -30,9 +31,10 @@ from ship_shortcut import CLIPS, ship  # noqa: E402
 
 
 def bench_rows(models: list, task: str, index: int, methods: str, frames: int) -> list[dict]:
+    """Every row (the teacher's first) of the benchmark of ``models`` on held-out clip ``index``."""
     report = run_bench(models, f"{task}:{index}", methods=methods, intervals=[4], frames=frames, e2e=False,
                        threads=1)  # fmt: skip
-    return [r for r in report["results"] if r["method"] != "teacher"]
+    return report["results"]
 
 
 def psnr_mean(values: list[float]) -> float:
@@ -41,24 +43,17 @@ def psnr_mean(values: list[float]) -> float:
 
 
 def main() -> None:
-    kind = sys.argv[sys.argv.index("--kind") + 1] if "--kind" in sys.argv else "elastic"
-    extra = {"--kind": None, "--alone": [], "--twin": None}
-    argv = [sys.argv[0]]
-    i = 1
-    while i < len(sys.argv):  # options of this script, the rest go to ship()
-        if sys.argv[i] in extra:
-            if sys.argv[i] == "--alone":
-                extra["--alone"].append(sys.argv[i + 1])
-            else:
-                extra[sys.argv[i]] = sys.argv[i + 1]
-            i += 2
-        else:
-            argv.append(sys.argv[i])
-            i += 1
-    sys.argv = argv
-    args, teacher, target, model, size = ship(__doc__, kind, load_student, run_file="student.safetensors")
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--kind", choices=["elastic", "shift"], default="elastic", help="which student (default elastic)")
+    options.add_argument("--alone", action="append", default=[], metavar="wN=PATH", help="elastic: a student of one "
+                         "sub-network's size trained alone, for comparison (repeat)")  # fmt: skip
+    options.add_argument("--twin", default=None, metavar="PATH", help="shift: the same student trained the same way "
+                         "without the shift")  # fmt: skip
+    kind = options.parse_known_args()[0].kind
+    args, teacher, target, model, size = ship(__doc__, kind, load_student, run_file="student.safetensors",
+                                              parents=(options,))  # fmt: skip
     card = elastic_card if kind == "elastic" else shift_card
-    lines = card(args, model, target, size, extra)
+    lines = card(args, model, target, size)
     (WEIGHTS_DIR / f"{args.task}_{kind}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
@@ -82,13 +77,13 @@ def _header(args, model, target, size, what: str) -> list[str]:
     ]
 
 
-def elastic_card(args, model, target, size, extra) -> list[str]:
+def elastic_card(args, model, target, size) -> list[str]:
     import shutil
     import tempfile
 
     folder = Path(tempfile.mkdtemp())
     alone = {}  # each trained-alone file under a name of its own (the benchmark labels rows by file name)
-    for item in extra["--alone"]:
+    for item in args.alone:
         label, path = item.split("=", 1)
         alone[label] = folder / f"alone-{label.replace('/', '_')}.safetensors"
         shutil.copyfile(path, alone[label])
@@ -97,13 +92,12 @@ def elastic_card(args, model, target, size, extra) -> list[str]:
     costs: dict[str, dict] = {}
     for index in CLIPS[args.task]:
         for r in bench_rows([str(target)] + [str(p) for p in alone.values()], args.task, index, "spatial", args.frames):
+            if r["method"] == "teacher":
+                teacher_macs = r["macs_per_frame"]
+                continue
             key = f"alone {by_name[r['model']]}" if r["model"] in by_name else r["settings"]["subnet"]
             per_clip.setdefault(key, {})[index] = r["psnr_vs_teacher"]
             costs.setdefault(key, r["macs_per_frame"])
-    teacher_macs = None
-    for index in CLIPS[args.task][:1]:
-        report = run_bench(str(target), f"{args.task}:{index}", methods="teacher", frames=2, e2e=False)
-        teacher_macs = report["results"][0]["macs_per_frame"]
     labels = model.student.config["elastic"]
     lines = _header(args, model, target, size, "one channel-pruned student whose narrower and lower-resolution "
                     "sub-networks run too (Anycost GAN's elastic channels and resolutions; sandwich rule).")  # fmt: skip
@@ -132,13 +126,15 @@ def elastic_card(args, model, target, size, extra) -> list[str]:
     return lines
 
 
-def shift_card(args, model, target, size, extra) -> list[str]:
-    twin = extra["--twin"]
+def shift_card(args, model, target, size) -> list[str]:
+    twin = args.twin
     if twin is None:
         raise SystemExit("--kind shift needs --twin: the same student trained the same way without the shift.")
     rows_by = {}
     for index in CLIPS[args.task]:
         for r in bench_rows([str(target), twin], args.task, index, "spatial,fast", args.frames):
+            if r["method"] == "teacher":
+                continue
             who = "shift" if r["model"] == target.name else "twin"
             rows_by.setdefault((who, f"{r['method']}@{r['interval']}" if r["interval"] else r["method"]), []).append(r)
     shift = model.student.config["temporal_shift"]

@@ -38,12 +38,13 @@ def psnr_of(outputs, references, keys) -> tuple[float, float]:
     return db(mse), db(nonkey)
 
 
-def ship(doc: str, kind: str, load, run_file: str | None = None):
-    """Parse the ship command line, store ``<run>/<kind>.safetensors`` as the package's
+def ship(doc: str, kind: str, load, run_file: str | None = None, parents: tuple = ()):
+    """Parse the ship command line (with the options of the ``parents`` parsers), store
+    ``<run>/<run_file>`` (default ``<kind>.safetensors``) as the package's
     ``<task>_<kind>.safetensors`` after ``load(path, teacher=...)`` has checked it was distilled
     from the shipped teacher; returns ``(args, teacher, target, model, size)``, the model read
     back from the stored file."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0], parents=list(parents))
     parser.add_argument("--task", required=True, choices=["scenes", "edges"])
     parser.add_argument("--run", required=True, type=Path, help="distillation run folder")
     parser.add_argument("--command", required=True, help="the exact command(s) that trained it")
