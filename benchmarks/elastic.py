@@ -18,7 +18,7 @@ import datetime
 import sys
 from pathlib import Path
 
-from sections import publish
+from sections import command_line, publish
 
 HERE = Path(__file__).resolve().parent
 WEIGHTS = HERE.parent / "src" / "fastv2v" / "weights"
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-md", type=Path, default=HERE / "RESULTS.md", help="the page to put the section in")
     args = p.parse_args(argv)
     twins = dict(item.split("=", 1) for item in args.twin)
-    command = "python benchmarks/elastic.py" + "".join(f" --twin {t}={path}" for t, path in twins.items())
-    command += "".join(f" --{n} {getattr(args, n)}" for n in ("frames", "repeats") if getattr(args, n) != p.get_default(n))
+    command = command_line("elastic.py", p, args, ("frames", "repeats"))
+    command += "".join(f" --twin {t}={path}" for t, path in twins.items())
 
     text = [SECTION, "", f"From `{command}` on {datetime.date.today()}. Model cards: "
             "`src/fastv2v/weights/<task>_elastic.md` and `<task>_shift.md` (means over every held-out clip).", ""]  # fmt: skip
