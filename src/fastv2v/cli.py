@@ -72,10 +72,9 @@ def _add_subnet_options(p: argparse.ArgumentParser, fps: bool = False) -> None:
     p.add_argument("--budget", type=float, default=None, metavar="FRACTION", help="spatial, fast with an elastic "
                    "student: run the costliest sub-network within this fraction of the teacher's MACs (e.g. 0.1)")  # fmt: skip
     if fps:
-        p.add_argument("--fps", dest="subnet_fps", type=float, default=None, metavar="FPS", help="spatial, fast with an elastic "
-                       "student: run the "
-                       "costliest sub-network whose model time keeps up with this frame rate here (timed on the "
-                       "first frame at start; decoding and encoding come on top)")  # fmt: skip
+        p.add_argument("--fps", dest="subnet_fps", type=float, default=None, metavar="FPS", help="spatial, fast "
+                       "with an elastic student: run the costliest sub-network whose model time keeps up with this "
+                       "frame rate here (timed on the first frame at start; decoding and encoding come on top)")  # fmt: skip
 
 
 def _subnet_settings(args: argparse.Namespace) -> dict:

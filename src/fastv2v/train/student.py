@@ -138,7 +138,10 @@ class StudentTrainingConfig(DistillationConfig):
         """The elastic sub-networks, widest and full-size first (empty: not elastic)."""
         from fastv2v.generators.elastic import Subnet
 
-        return sorted({Subnet.parse(s) for s in self.elastic or ()}, key=lambda s: (-((s.width / s.divisor) ** 2), s.divisor, -s.width))
+        def cost(s: Subnet) -> tuple:  # MACs grow with the square of width / divisor
+            return -((s.width / s.divisor) ** 2), s.divisor, -s.width
+
+        return sorted({Subnet.parse(s) for s in self.elastic or ()}, key=cost)
 
     @property
     def gaps(self) -> int | tuple[int, int]:
