@@ -38,6 +38,18 @@ def test_known_shift_direction_and_accuracy(dx, dy):
     assert np.abs(interior[..., 1] - dy).max() < 0.5
 
 
+def test_refine_sets_the_variational_refinement():
+    """``refine=None`` is the preset's own (5 for medium, bit for bit); 0 turns it off, and the
+    flow still finds a plain shift."""
+    a, b = shifted_pair(3, 0)
+    assert np.array_equal(estimate_flow(a, b, "medium", 5), estimate_flow(a, b, "medium"))
+    rough = estimate_flow(a, b, "medium", 0)
+    assert not np.array_equal(rough, estimate_flow(a, b))
+    assert np.abs(rough[10:-10, 10:-10, 0] - 3).max() < 0.5
+    with pytest.raises(ValueError, match="refine"):
+        estimate_flow(a, b, "medium", -1)
+
+
 def test_identical_frames_have_zero_flow():
     a = texture(H, W, 1)
     assert np.abs(estimate_flow(a, a)).max() < 0.05
