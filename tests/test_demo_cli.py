@@ -68,6 +68,26 @@ def test_profile_method_reports_non_key_ratio(capsys):
     assert float(own.split()[1]) > 0 and "instead of the teacher's" in own  # the student, not student - teacher
 
 
+def test_profile_splits_the_shortcut_non_key_frame_into_parts_that_add_up(capsys):
+    import torch
+
+    from fastv2v.generators import build_generator
+    from fastv2v.metrics.profile import profile
+    from fastv2v.pipeline import Pipeline
+
+    assert main(["profile", "--arch", "resnet_6blocks", "--size", "32x64", "--ngf", "8", "--method", "shortcut",
+                 "--hidden", "8"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "non-key frame by part" in out and "the most any block can save" in out
+    method = Pipeline.untrained(build_generator("resnet_6blocks", ngf=8), "shortcut", hidden=8).method
+    x = torch.zeros(1, 3, 32, 64)
+    parts = method.parts(x)
+    whole = profile(method.non_key_path(), x)
+    split = [profile(parts[name]) for name in ("head", "block", "tail")]
+    assert sum(p.macs_exact for p in split) == whole.macs_exact > 0
+    assert sum(p.macs_paper for p in split) == whole.macs_paper
+
+
 def test_recommend_is_the_fastest_within_a_db_of_the_best():
     rows = [
         {"method": "teacher", "psnr_vs_teacher": None, "e2e_speedup_vs_teacher": 1.0, "speedup_vs_teacher": 1.0},

@@ -356,11 +356,27 @@ def _profile_method(args: argparse.Namespace, model, x, teacher) -> None:
               f"{format_gmacs(nonkey.macs_paper)} paper MACs; "
               f"teacher / non-key = {teacher.macs_exact / nonkey.macs_exact:.2f}x exact, "
               f"{teacher.macs_paper / nonkey.macs_paper:.2f}x paper")  # fmt: skip
+    if callable(getattr(method, "parts", None)):
+        _profile_parts(name, method.parts(x), teacher)
     extra = getattr(method, "key_frame_extra_path", None)
     if extra is not None:
         added = profile(extra(), x)
         print(f"{name} key frame: teacher + {format_gmacs(added.macs_exact)} exact, "
               f"{format_gmacs(added.macs_paper)} paper MACs")
+
+
+def _profile_parts(name: str, parts: dict, teacher) -> None:
+    """A non-key frame's MACs by part, and the saving that the teacher's own head and tail allow
+    whatever the block costs: what a user needs to know before distilling a block at all."""
+    from fastv2v.metrics.profile import format_gmacs, profile
+
+    cost = {part: profile(parts[part]) for part in ("head", "block", "tail")}
+    shown = ", ".join(f"{part} {format_gmacs(c.macs_exact)} / {format_gmacs(c.macs_paper)}" for part, c in cost.items())
+    print(f"{name} non-key frame by part (exact / paper MACs): {shown}")
+    exact = cost["head"].macs_exact + cost["tail"].macs_exact
+    paper = cost["head"].macs_paper + cost["tail"].macs_paper
+    print(f"  the teacher's head and tail alone: teacher / (head + tail) = {teacher.macs_exact / exact:.2f}x exact, "
+          f"{teacher.macs_paper / paper:.2f}x paper, the most any block can save on this teacher")  # fmt: skip
 
 
 def cmd_train_teacher(args: argparse.Namespace) -> int:
