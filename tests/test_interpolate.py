@@ -217,9 +217,8 @@ def test_flow_settings_by_source():
     assert (pictures.flow, pictures.smooth, pictures.zero_margin) == ("direct", 1.5, None)
     assert METHODS["interp"](IdentityTeacher(), 4, flow="keys", source="output").zero_margin == 3.0
     assert METHODS["interp"](IdentityTeacher(), 4, zero_margin=2.0, smooth=0).zero_margin == 2.0
-    assert pictures.refine is None  # inputs: DIS's own refinement (sparse edge maps need it)
-    assert METHODS["interp"](IdentityTeacher(), 4, flow="keys", source="output").refine == 0
-    assert METHODS["interp"](IdentityTeacher(), 4, refine=2).refine == 2
+    assert pictures.refine == 0 and METHODS["interp"](IdentityTeacher(), 4, flow="keys", source="output").refine == 0
+    assert METHODS["interp"](IdentityTeacher(), 4, refine=None).refine is None  # the preset's own
     with pytest.raises(UserError, match="refine"):
         METHODS["interp"](IdentityTeacher(), 4, refine=-1)
     with pytest.raises(UserError, match="smooth"):

@@ -384,10 +384,11 @@ class Interp(KeyframeInterpolation):
     this raised the in-between PSNR to the teacher by 0.2-0.4 dB at gaps 2, 4 and 8.
 
     DIS's variational refinement (``refine`` iterations; None: the preset's own, 5) is most of a
-    flow's time at the flow size. By default it is off (0) for flow on the outputs, where it
+    flow's time at the flow size, and it is off by default (0): on the flow between key outputs it
     changed nothing (four held-out scenes clips, gaps 2 and 4: mean in-between PSNR to the teacher
-    within 0.01 dB, 0.7 ms less per flow), and the preset's own for flow on the inputs, where the
-    sparse edge maps need it (0.12-0.15 dB on the three held-out edges clips).
+    within 0.01 dB), on the smoothed edge-map inputs it cost 0.11-0.15 dB (three held-out edges
+    clips, gaps 2, 4, 8, PSNR over all frames), and it takes a quarter to a third of the
+    in-between frame's time off on both (docs/interpolation.md).
 
     Flow keeps zero motion where zero motion explains the frames as well, within ``zero_margin``
     grey levels (:func:`keep_zero_motion`; None: off). By default only for flow on the outputs:
@@ -411,7 +412,7 @@ class Interp(KeyframeInterpolation):
                 "none": "the cross-fade"}[self.flow]  # fmt: skip
 
     def __init__(self, teacher: SplitGenerator, interval: int = 4, keyframes: Any = None, *,
-                 flow: str = "auto", source: str = "auto", preset: str = "medium", refine: int | None | str = "auto",
+                 flow: str = "auto", source: str = "auto", preset: str = "medium", refine: int | None = 0,
                  smooth: float = 1.5, zero_margin: float | None | str = "auto", flow_scale: float = 0.5,
                  max_buffer: int = MAX_BUFFER):  # fmt: skip
         super().__init__(teacher, interval, keyframes, max_buffer)
@@ -433,9 +434,9 @@ class Interp(KeyframeInterpolation):
         on_outputs = self.flow == "keys" and self.source == "output"
         self.preset, self.smooth, self.flow_scale = preset, float(smooth), float(flow_scale)
         self.zero_margin = (3.0 if on_outputs else None) if zero_margin == "auto" else zero_margin
-        if refine != "auto" and refine is not None and (isinstance(refine, bool) or int(refine) != refine or refine < 0):
+        if refine is not None and (isinstance(refine, bool) or int(refine) != refine or refine < 0):
             raise UserError(f"interp refine must be a number of iterations >= 0 or None (the preset's own), not {refine}.")
-        self.refine = (0 if on_outputs else None) if refine == "auto" else refine
+        self.refine = refine
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "flow": self.flow, "source": self.source, "preset": self.preset,
