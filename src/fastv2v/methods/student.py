@@ -201,10 +201,7 @@ class Spatial(OnlineMethod):
                  kernels: str = "torch", subnet: str | None = None, budget: float | None = None,
                  **student_kwargs):  # fmt: skip
         super().__init__(teacher, 1)
-        self.student = _student_for(teacher, student, student_kwargs)
-        self.subnets = Subnetworks(self.student, kernel_choice(kernels))
-        self.subnet = _chosen(self.subnets, teacher, subnet, budget)
-        self.run = self.subnets.runner(self.subnet)
+        _take_student(self, teacher, student, student_kwargs, kernels, subnet, budget)
         self.batchable = not self.run.shifts  # stateless: a batch of frames runs in one call (--batch)
 
     @classmethod
@@ -225,7 +222,7 @@ class Spatial(OnlineMethod):
 
     def switch(self, state: StudentState, subnet: str | None) -> StudentState:
         """``state`` with the sub-network ``subnet`` (None: the method's own) from the next frame on."""
-        return replace(state, subnet=_switchable(self).check(subnet or self.subnet))
+        return replace(state, subnet=_switch_target(self, subnet))
 
     def step(self, x: torch.Tensor, state: StudentState) -> tuple[torch.Tensor, StudentState, bool]:
         y, present = _runner(self, state).step(x, state.past)
@@ -250,18 +247,25 @@ def _runner(method: Any, state: StudentState):
     return method.run if state.subnet == method.subnet else method.subnets.runner(state.subnet)
 
 
-def _switchable(method: Any) -> Subnetworks:
+def _switch_target(method: Any, subnet: str | None) -> str:
+    """The sub-network a :meth:`switch` to ``subnet`` runs (None: the method's own)."""
     if method.subnets is None:
         raise UserError("this pipeline runs one sub-network's graph on a graph backend; switching sub-networks "
                         "needs --backend torch.")  # fmt: skip
-    return method.subnets
+    return method.subnets.check(subnet or method.subnet)
 
 
-def _chosen(subnets: Subnetworks, teacher: SplitGenerator, subnet: str | None, budget: float | None) -> str:
-    """The sub-network to run: the one ``budget`` affords (it wins over a ``subnet`` a file stores), else ``subnet``."""
+def _take_student(method: Any, teacher: SplitGenerator, student: SpatialStudent | None, student_kwargs: dict,
+                  kernels: str, subnet: str | None, budget: float | None) -> None:  # fmt: skip
+    """Give ``spatial`` or ``fast`` its student, the student's sub-networks, the one to run (the one
+    ``budget`` affords, which wins over a ``subnet`` a file stores, else ``subnet``) and its runner."""
+    method.student = _student_for(teacher, student, student_kwargs)
+    method.subnets = Subnetworks(method.student, kernel_choice(kernels))
     if budget is not None:
-        return subnets.by_budget(teacher, float(budget))
-    return subnets.check(subnet)
+        method.subnet = method.subnets.by_budget(teacher, float(budget))
+    else:
+        method.subnet = method.subnets.check(subnet)
+    method.run = method.subnets.runner(method.subnet)
 
 
 def _shown(subnets: Subnetworks, subnet: str) -> str | None:
@@ -300,10 +304,7 @@ class Fast(Interp):
                  student: SpatialStudent | None = None, student_kwargs: dict | None = None, kernels: str = "torch",
                  subnet: str | None = None, budget: float | None = None, **interp_kwargs):  # fmt: skip
         super().__init__(teacher, interval, keyframes, **{**FAST_INTERPOLATION, **interp_kwargs})
-        self.student = _student_for(teacher, student, dict(student_kwargs or {}))
-        self.subnets = Subnetworks(self.student, kernel_choice(kernels))
-        self.subnet = _chosen(self.subnets, teacher, subnet, budget)
-        self.run = self.subnets.runner(self.subnet)
+        _take_student(self, teacher, student, dict(student_kwargs or {}), kernels, subnet, budget)
 
     @classmethod
     def from_model(cls, model: Any, *, interval: int | None = None, keyframes: Any = None,
@@ -326,7 +327,7 @@ class Fast(Interp):
 
     def switch(self, state, subnet: str | None):
         """``state`` with the sub-network ``subnet`` for the key frames from the next one on."""
-        state.teacher_state = replace(state.teacher_state, subnet=_switchable(self).check(subnet or self.subnet))
+        state.teacher_state = replace(state.teacher_state, subnet=_switch_target(self, subnet))
         return state
 
     def key_output(self, x: torch.Tensor) -> torch.Tensor:
